@@ -1,0 +1,210 @@
+"""The one typed config of a nightrec run, loaded from YAML and validated.
+
+Every key has a default, so an empty file (or no file) is a valid config.
+An unknown key or a bad value raises ``ConfigError`` naming the key, what was
+given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(_Section):
+    """Where Spark runs. ``master`` is ``local[N]``/``local[*]`` or a cluster URL."""
+
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("driver_memory")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if not value[:-1].isdigit() or value[-1].lower() not in "kmgt":
+            raise ValueError("must look like 512m or 4g (a number and one of k, m, g, t)")
+        return value
+
+
+class SyntheticConfig(_Section):
+    """Size of the built-in synthetic MovieLens-like dataset."""
+
+    n_users: int = Field(3000, ge=10)
+    n_items: int = Field(1500, ge=10)
+    ratings_per_user: float = Field(40.0, ge=5)
+    days: int = Field(120, ge=14)
+    end_date: dt.date = dt.date(2024, 6, 30)
+    seed: int = 7
+
+
+class SourceConfig(_Section):
+    """Where the events come from. ``kind: synthetic`` needs no files."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class SplitConfig(_Section):
+    """Temporal split: the holdout is the last ``holdout_days`` days up to ds."""
+
+    holdout_days: int = Field(7, ge=1)
+
+
+class FeatureConfig(_Section):
+    """Feature stage settings (fitted on the training window only)."""
+
+    min_category_count: int = Field(1, ge=1)
+
+
+class ModelConfig(_Section):
+    """One model to train, evaluate and publish under ``model=NAME``."""
+
+    name: str = "two_tower"
+    kind: Literal["two_tower"] = "two_tower"
+    embedding_dim: int = Field(32, ge=2)
+    tower_layers: list[int] = Field(default_factory=lambda: [64])
+    temperature: float = Field(0.1, gt=0)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    learning_rate: float = Field(0.005, gt=0)
+    l2: float = Field(0.0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "_-" for c in value):
+            raise ValueError("must be letters, digits, '_' or '-' (it becomes a folder name model=NAME)")
+        return value
+
+    @field_validator("tower_layers")
+    @classmethod
+    def _positive_layers(cls, value: list[int]) -> list[int]:
+        if any(width < 1 for width in value):
+            raise ValueError("every layer width must be >= 1")
+        return value
+
+
+class EvaluationConfig(_Section):
+    """Holdout evaluation: Recall@k and nDCG@k beside popularity."""
+
+    k: int = Field(10, ge=1)
+
+
+class PublishConfig(_Section):
+    """What the published recommendations look like."""
+
+    k: int = Field(10, ge=1)
+    refit_on_full: bool = True
+
+
+class NightrecConfig(_Section):
+    """The whole run configuration."""
+
+    warehouse: str = "./warehouse"
+    seed: int = 42
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    keep_work_dir: bool = False
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> "NightrecConfig":
+        names = [m.name for m in self.models]
+        if not names:
+            raise ValueError("models: list at least one model")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models: names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def config_hash(self) -> str:
+        """Short stable hash of the effective config (recorded in manifests)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """The keys allowed at ``loc`` (for unknown-key messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return ""
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        nested = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return ""
+        current = nested[0]
+    return ", ".join(sorted(current.model_fields))
+
+
+def _format_error(err: dict, source: str) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    given = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed(NightrecConfig, err["loc"])
+        return f"{source}: unknown key '{key}'. Allowed here: {allowed}."
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"{source}: bad value for '{key}': {given!r} ({message})."
+
+
+def parse_config(data: dict | None, source: str = "config") -> NightrecConfig:
+    """Validate a dict (as loaded from YAML) into a NightrecConfig."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return NightrecConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format_error(e, source) for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> NightrecConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None).
+
+    Args:
+        path: YAML file; missing keys take their defaults.
+        overrides: top-level keys that replace the file's (e.g. from the CLI).
+    """
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    if overrides:
+        data = {**data, **overrides}
+    return parse_config(data, source)

@@ -1,0 +1,76 @@
+"""The one place a SparkSession is built.
+
+Everything else in ``jobs/`` takes a session or DataFrames as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+from pyspark.sql import SparkSession
+
+# Settings every nightrec session needs, whatever the master.
+_BASE_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.python.worker.reuse": "true",
+}
+
+
+def build_spark(
+    *,
+    master: str = "local[*]",
+    app_name: str = "nightrec",
+    driver_memory: str = "4g",
+    shuffle_partitions: int = 8,
+    local_dir: str | None = None,
+    checkpoint_dir: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    python: str | None = None,
+) -> SparkSession:
+    """Build (or return the running) SparkSession with nightrec's settings.
+
+    Args:
+        master: Spark master URL, ``local[*]`` or ``spark://host:7077``.
+        app_name: application name shown in the Spark UI and logs.
+        driver_memory: JVM heap of the driver, e.g. ``"4g"``.
+        shuffle_partitions: ``spark.sql.shuffle.partitions``.
+        local_dir: scratch directory for shuffle files (``spark.local.dir``).
+        checkpoint_dir: directory for RDD checkpoints (needed by long ALS runs).
+        conf: extra Spark settings; they win over the defaults above.
+        python: interpreter of the Python workers (default: this one).
+
+    Returns:
+        The active SparkSession.
+    """
+    # Python workers must run the driver's interpreter (the project's venv);
+    # PySpark reads PYSPARK_PYTHON when it starts them.
+    python = python or sys.executable
+    os.environ["PYSPARK_PYTHON"] = python
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.pyspark.python", python)
+        .config("spark.pyspark.driver.python", python)
+        .config("spark.executorEnv.PYSPARK_PYTHON", python)
+    )
+    for key, value in _BASE_CONF.items():
+        builder = builder.config(key, value)
+    if local_dir:
+        os.makedirs(local_dir, exist_ok=True)
+        builder = builder.config("spark.local.dir", local_dir)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    if checkpoint_dir:
+        spark.sparkContext.setCheckpointDir(checkpoint_dir)
+    return spark

@@ -1,0 +1,177 @@
+"""Parquet -> tf.data through pyarrow record batches.
+
+The table is never loaded whole: files are read one record batch at a time,
+rows go through a bounded in-memory shuffle pool, and batches are padded
+(multi-valued columns, with -1) and handed to TensorFlow with prefetching.
+Each worker of a multi-worker job reads only its shard of the files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from models.layers import PAD
+
+
+def parquet_files(path: str) -> list[str]:
+    """The data files of a Parquet folder (or the file itself), in sorted order."""
+    if os.path.isfile(path):
+        return [path]
+    files = sorted(
+        f
+        for f in glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
+        if not any(part.startswith(("_", ".")) for part in os.path.relpath(f, path).split(os.sep))
+    )
+    if not files:
+        raise FileNotFoundError(f"{path}: no Parquet files found")
+    return files
+
+
+def side_columns(side_spec: Mapping) -> dict[str, int]:
+    """Input column -> padded length (0 for scalars) of one side's tower."""
+    columns = {side_spec["id"]["name"]: 0}
+    columns.update({c["name"]: 0 for c in side_spec.get("categorical", [])})
+    columns.update({c["name"]: int(c["max_len"]) for c in side_spec.get("multi_categorical", [])})
+    columns.update({name: 0 for name in side_spec.get("continuous", [])})
+    return columns
+
+
+def input_columns(spec: Mapping) -> dict[str, int]:
+    """Column name -> padded length (0 for scalar columns) for a model spec."""
+    return {**side_columns(spec["user"]), **side_columns(spec["item"])}
+
+
+def _to_numpy(column: pa.ChunkedArray | pa.Array, pad_len: int) -> np.ndarray:
+    if pad_len == 0:
+        return column.to_numpy(zero_copy_only=False)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    out = np.full((len(column), pad_len), PAD, dtype=np.int32)
+    lengths = np.minimum(lengths, pad_len)
+    offsets = column.offsets.to_numpy()[:-1]
+    rows = np.repeat(np.arange(len(column)), lengths)
+    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[rows, cols] = values[np.repeat(offsets - offsets[0], lengths) + cols]
+    return out
+
+
+def iter_batches(
+    files: list[str],
+    columns: Mapping[str, int],
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    pool_rows: int = 65536,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield dicts of numpy arrays of ``batch_size`` rows from Parquet files.
+
+    Args:
+        files: Parquet files; a worker reads files ``shard_index::num_shards``.
+        columns: column -> padded length (0 = scalar), from ``input_columns``.
+        batch_size: rows per batch.
+        shuffle: shuffle the file order and rows within a pool of ``pool_rows``.
+        seed: shuffle seed (vary it per epoch).
+        drop_remainder: drop the last incomplete batch.
+    """
+    rng = np.random.default_rng(seed)
+    mine = files[shard_index::num_shards]
+    if shuffle:
+        mine = [mine[i] for i in rng.permutation(len(mine))]
+    names = list(columns)
+    pool: list[dict[str, np.ndarray]] = []
+    pooled = 0
+
+    def drain(final: bool):
+        nonlocal pool, pooled
+        merged = {n: np.concatenate([p[n] for p in pool]) for n in names}
+        order = rng.permutation(pooled) if shuffle else np.arange(pooled)
+        n_full = pooled // batch_size
+        for b in range(n_full):
+            sel = order[b * batch_size : (b + 1) * batch_size]
+            yield {n: merged[n][sel] for n in names}
+        rest = order[n_full * batch_size :]
+        pool, pooled = [], 0
+        if rest.size:
+            if final:
+                if not drop_remainder:
+                    yield {n: merged[n][rest] for n in names}
+            else:
+                pool, pooled = [{n: merged[n][rest] for n in names}], rest.size
+
+    for path in mine:
+        parquet = pq.ParquetFile(path)
+        for record_batch in parquet.iter_batches(batch_size=8192, columns=names):
+            pool.append({n: _to_numpy(record_batch.column(n), columns[n]) for n in names})
+            pooled += record_batch.num_rows
+            if pooled >= pool_rows:
+                yield from drain(final=False)
+    if pooled:
+        yield from drain(final=True)
+
+
+def _dtype(array: np.ndarray) -> tf.DType:
+    if np.issubdtype(array.dtype, np.floating):
+        return tf.float32
+    if np.issubdtype(array.dtype, np.integer):
+        return tf.int32
+    return tf.as_dtype(array.dtype)
+
+
+def make_dataset(
+    files: list[str],
+    columns: Mapping[str, int],
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """A prefetched tf.data.Dataset of dict batches (see ``iter_batches``)."""
+    probe = next(iter_batches(files[:1], columns, 2, shuffle=False), None)
+    if probe is None:
+        raise ValueError(f"{files[0]}: no rows")
+    signature = {
+        n: tf.TensorSpec(shape=(None,) + a.shape[1:], dtype=_dtype(a)) for n, a in probe.items()
+    }
+
+    def generate():
+        for batch in iter_batches(
+            files,
+            columns,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            drop_remainder=drop_remainder,
+        ):
+            yield {
+                n: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32)
+                for n, a in batch.items()
+            }
+
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+
+
+def read_columns(files: list[str], columns: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """All rows of the given columns (for small side tables such as the catalogue)."""
+    out = {n: [] for n in columns}
+    for batch in iter_batches(files, columns, 1 << 30, shuffle=False, pool_rows=1 << 30):
+        for n in columns:
+            out[n].append(batch[n])
+    return {n: np.concatenate(v) if v else np.zeros(0) for n, v in out.items()}

@@ -1,0 +1,61 @@
+import pytest
+
+from flows.config import ConfigError, NightrecConfig, load_config, parse_config
+
+
+def test_defaults_just_run():
+    cfg = load_config(None)
+    assert cfg.warehouse == "./warehouse"
+    assert cfg.source.kind == "synthetic"
+    assert [m.name for m in cfg.models] == ["two_tower"]
+    assert cfg.publish.k == 10
+
+
+def test_yaml_file_overrides_some_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("warehouse: /data/wh\npublish:\n  k: 5\nmodels:\n  - name: tt_small\n    embedding_dim: 8\n")
+    cfg = load_config(path)
+    assert cfg.warehouse == "/data/wh" and cfg.publish.k == 5
+    assert cfg.models[0].name == "tt_small" and cfg.models[0].embedding_dim == 8
+    assert cfg.models[0].epochs == NightrecConfig().models[0].epochs
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"publish": {"k": 5, "topk": 3}}, "nightly.yaml")
+    message = str(err.value)
+    assert "nightly.yaml: unknown key 'publish.topk'" in message
+    assert "Allowed here: k, refit_on_full" in message
+
+
+def test_unknown_key_inside_a_model_list():
+    with pytest.raises(ConfigError, match=r"unknown key 'models.0.layers'.*tower_layers"):
+        parse_config({"models": [{"name": "a", "layers": [3]}]})
+
+
+def test_bad_value_names_key_value_and_rule():
+    with pytest.raises(ConfigError, match=r"bad value for 'publish.k': 0 \(Input should be greater than or equal to 1\)"):
+        parse_config({"publish": {"k": 0}})
+    with pytest.raises(ConfigError, match=r"'spark.driver_memory': '4 gigs' \(must look like 512m or 4g"):
+        parse_config({"spark": {"driver_memory": "4 gigs"}})
+    with pytest.raises(ConfigError, match=r"'source.kind': 'csv'"):
+        parse_config({"source": {"kind": "csv"}})
+
+
+def test_duplicate_model_names_are_refused():
+    with pytest.raises(ConfigError, match="repeated: a"):
+        parse_config({"models": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("publish: [k: 5\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_config_hash_changes_with_content():
+    assert parse_config({}).config_hash() == parse_config({}).config_hash()
+    assert parse_config({"seed": 1}).config_hash() != parse_config({"seed": 2}).config_hash()

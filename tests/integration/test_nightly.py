@@ -1,0 +1,112 @@
+"""The whole nightly flow on a tiny synthetic dataset, checked against the table contract."""
+
+import datetime as dt
+import json
+import os
+
+import duckdb
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+
+from jobs import synthetic
+
+DS = "2024-03-31"
+K = 5
+TINY = {
+    "source": {"synthetic": {"n_users": 150, "n_items": 120, "ratings_per_user": 15, "days": 30,
+                             "end_date": "2024-04-05", "seed": 11}},
+    "split": {"holdout_days": 5},
+    "models": [{"name": "two_tower", "embedding_dim": 8, "tower_layers": [16], "epochs": 2, "batch_size": 128}],
+    "evaluation": {"k": K},
+    "publish": {"k": K},
+    "spark": {"master": "local[2]", "shuffle_partitions": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def run(spark, prefect_server, tmp_path_factory):
+    from flows.nightly import nightly
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    config = {**TINY, "warehouse": str(warehouse)}
+    summary = nightly(ds=DS, config=config)
+    return warehouse, config, summary
+
+
+def _events_through_ds():
+    syn = TINY["source"]["synthetic"]
+    spec = synthetic.SyntheticSpec(
+        n_users=syn["n_users"], n_items=syn["n_items"], ratings_per_user=syn["ratings_per_user"],
+        days=syn["days"], end_date=dt.date.fromisoformat(syn["end_date"]), seed=syn["seed"],
+    )
+    ratings = synthetic.synthetic_ratings(synthetic.make_world(spec))
+    return ratings[ratings.ts < pd.Timestamp("2024-04-01", tz="UTC")]
+
+
+def test_recommendations_follow_the_table_contract(run):
+    warehouse, _, summary = run
+    part = warehouse / "recommendations" / f"ds={DS}" / "model=two_tower"
+    recs = pd.read_parquet(part)
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "source"]
+    events = _events_through_ds()
+    # Every user (the users table holds all 150; some have no events through ds)
+    # has exactly K rows with ranks 1..K.
+    assert set(recs.user_id) == set(range(1, 151))
+    assert set(events.user_id) < set(recs.user_id)
+    cold = set(recs.user_id) - set(events.user_id)
+    assert set(recs[recs.user_id.isin(cold)].source) == {"features"}
+    assert set(recs[~recs.user_id.isin(cold)].source) == {"model"}
+    per_user = recs.groupby("user_id")["rank"].apply(sorted)
+    assert all(ranks == list(range(1, K + 1)) for ranks in per_user)
+    # No item the user rated up to ds (events after ds are not in the run).
+    rated = set(zip(events.user_id, events.item_id))
+    assert not any((u, i) in rated for u, i in zip(recs.user_id, recs.item_id))
+    # Scores never increase with rank.
+    ordered = recs.sort_values(["user_id", "rank"])
+    assert (ordered.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()
+    assert set(recs.source) <= {"model", "features", "popularity"}
+    assert recs.user_id.dtype == "int64" and recs.item_id.dtype == "int64"
+
+
+def test_manifest_and_marker(run):
+    warehouse, config, summary = run
+    part = warehouse / "recommendations" / f"ds={DS}" / "model=two_tower"
+    assert (part / "_SUCCESS").exists()
+    manifest = json.loads((part / "_manifest.json").read_text())
+    recs = pd.read_parquet(part)
+    assert manifest["row_count"] == len(recs)
+    assert manifest["k"] == K and manifest["model"] == "two_tower"
+    assert set(manifest["metrics"]["model"]) >= {"recall", "ndcg"}
+    assert len(manifest["config_hash"]) == 16
+    for table in ("user_features", "item_features", "metrics", "quarantine"):
+        assert (warehouse / table / f"ds={DS}" / "_SUCCESS").exists(), table
+    assert (warehouse / "models" / f"ds={DS}" / "model=two_tower" / "model.keras").exists()
+
+
+def test_metrics_table_has_model_beside_popularity(run):
+    warehouse, _, summary = run
+    metrics = pd.read_parquet(warehouse / "metrics" / f"ds={DS}")
+    assert set(metrics.scorer) == {"model", "popularity"}
+    assert set(metrics.metric) == {"precision", "recall", "ndcg", "map"}
+    assert metrics.value.between(0, 1).all()
+    assert summary["metrics"]["two_tower"]["model"]["users"] > 0
+
+
+def test_readers_pandas_pyarrow_duckdb(run):
+    warehouse, _, _ = run
+    root = warehouse / "recommendations"
+    table = pads.dataset(str(root), format="parquet", partitioning="hive").to_table()
+    assert {"ds", "model"} <= set(table.column_names)
+    con = duckdb.connect()
+    n = con.execute(
+        f"select count(*) from read_parquet('{root}/*/*/*.parquet', hive_partitioning = true) "
+        f"where model = 'two_tower'"
+    ).fetchone()[0]
+    assert n == table.num_rows
+
+
+def test_work_folder_is_cleaned(run):
+    warehouse, _, _ = run
+    runs = os.listdir(warehouse / "_work" / f"ds={DS}") if (warehouse / "_work" / f"ds={DS}").exists() else []
+    assert runs == []

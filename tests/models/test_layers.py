@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from models.layers import MaskedMeanPooling, SideEmbedding
+from models.tasks import corrected_logits, in_batch_softmax_loss
+
+SIDE = {
+    "id": {"name": "user_idx", "vocab_size": 5},
+    "categorical": [{"name": "user_gender", "vocab_size": 4}],
+    "multi_categorical": [{"name": "user_tags", "vocab_size": 6, "max_len": 3}],
+    "continuous": ["user_age"],
+}
+
+
+def test_masked_mean_pooling_ignores_padding():
+    idx = np.array([[1, 2, -1], [-1, -1, -1]], dtype=np.int32)
+    emb = np.array(
+        [[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]]], dtype=np.float32
+    )
+    out = np.asarray(MaskedMeanPooling()(idx, emb))
+    np.testing.assert_allclose(out, [[2.0, 3.0], [0.0, 0.0]])
+
+
+def test_side_embedding_shape_and_values():
+    layer = SideEmbedding(SIDE, embedding_dim=4)
+    inputs = {
+        "user_idx": np.array([2, 3]),
+        "user_gender": np.array([0, 1]),
+        "user_tags": np.array([[1, 4, -1], [0, -1, -1]]),
+        "user_age": np.array([0.5, -1.0], dtype=np.float32),
+    }
+    out = np.asarray(layer(inputs))
+    assert out.shape == (2, 3 * 4 + 1)
+    tags = layer.tables["user_tags"].embeddings.numpy()
+    np.testing.assert_allclose(out[0, 8:12], (tags[1] + tags[4]) / 2, rtol=1e-6)
+    ids = layer.tables["user_idx"].embeddings.numpy()
+    np.testing.assert_allclose(out[1, 0:4], ids[3], rtol=1e-6)
+    np.testing.assert_allclose(out[:, -1], [0.5, -1.0])
+
+
+def test_log_q_correction_subtracts_log_frequency_and_masks_accidental_hits():
+    logits = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=np.float32)
+    item_ids = np.array([10, 20, 10])          # rows 0 and 2 share their positive item
+    log_q = np.log(np.array([0.5, 0.25, 0.5], dtype=np.float32))
+    out = np.asarray(corrected_logits(logits, item_ids, log_q))
+    expected = logits - log_q[None, :]
+    assert out[0, 2] < -1e8 and out[2, 0] < -1e8            # accidental hits masked
+    np.testing.assert_allclose(out[0, 0], expected[0, 0])    # the positive itself is kept
+    np.testing.assert_allclose(out[1], expected[1], rtol=1e-6)
+    np.testing.assert_allclose(out[2, 1:], expected[2, 1:], rtol=1e-6)
+
+
+def test_in_batch_softmax_loss_matches_numpy():
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=(4, 3)).astype(np.float32)
+    v = rng.normal(size=(4, 3)).astype(np.float32)
+    ids = np.array([1, 2, 3, 4])
+    log_q = np.log(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))
+    got = float(in_batch_softmax_loss(u, v, ids, log_q, temperature=0.5))
+    logits = u @ v.T / 0.5 - log_q[None, :]
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert got == pytest.approx(-np.mean(np.diag(log_softmax)), rel=1e-5)
