@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.kinds import KINDS, LOSS_PARAMS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, applicable, kinds_with
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message says which key and why."""
@@ -71,18 +73,45 @@ class FeatureConfig(_Section):
     min_category_count: int = Field(1, ge=1)
 
 
+_LAYER_KEYS = ("tower_layers", "head_layers", "deep_layers", "mlp_layers")
+
+
 class ModelConfig(_Section):
-    """One model to train, evaluate and publish under ``model=NAME``."""
+    """One model to train, evaluate and publish under ``model=NAME``.
+
+    ``kind`` picks one of the named models (``models.kinds.KINDS``);
+    ``objective`` is ``implicit`` (top-K from interactions) or ``rating``
+    (regression on the rating). A key that does not apply to the kind, the
+    objective or the loss is refused, so a config never sets something that
+    is silently ignored.
+    """
 
     name: str = "two_tower"
-    kind: Literal["two_tower"] = "two_tower"
+    kind: Literal[tuple(KINDS)] = "two_tower"  # type: ignore[valid-type]
+    objective: Literal[OBJECTIVES] = "implicit"  # type: ignore[valid-type]
+    loss: Literal[LOSSES] | None = None  # type: ignore[valid-type]
     embedding_dim: int = Field(32, ge=2)
     tower_layers: list[int] = Field(default_factory=lambda: [64])
+    head_layers: list[int] = Field(default_factory=lambda: [64])
+    deep_layers: list[int] = Field(default_factory=lambda: [64, 32])
+    mlp_layers: list[int] = Field(default_factory=lambda: [64, 32, 16])
+    normalize: bool = False
+    biases: bool = False
+    use_id: bool = True
+    use_features: bool = True
+    id_dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    crosses: list[list[str]] | None = None
+    cross_buckets: int = Field(1 << 17, ge=1)
     temperature: float = Field(0.1, gt=0)
+    log_q: bool = True
+    negatives: Literal[NEGATIVE_SAMPLERS] = "uniform"  # type: ignore[valid-type]
+    negative_ratio: int = Field(4, ge=1)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(1024, ge=8)
     learning_rate: float = Field(0.005, gt=0)
     l2: float = Field(0.0, ge=0)
+    patience: int = Field(2, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -91,12 +120,64 @@ class ModelConfig(_Section):
             raise ValueError("must be letters, digits, '_' or '-' (it becomes a folder name model=NAME)")
         return value
 
-    @field_validator("tower_layers")
+    @field_validator(*_LAYER_KEYS)
     @classmethod
     def _positive_layers(cls, value: list[int]) -> list[int]:
         if any(width < 1 for width in value):
             raise ValueError("every layer width must be >= 1")
         return value
+
+    @field_validator("crosses")
+    @classmethod
+    def _pairs(cls, value: list[list[str]] | None) -> list[list[str]] | None:
+        if value is not None and any(len(pair) != 2 for pair in value):
+            raise ValueError("each cross is a pair [user_feature_column, item_feature_column]")
+        return value
+
+    @property
+    def resolved_loss(self) -> str | None:
+        """The implicit loss in use (None for the rating objective)."""
+        if self.objective == "rating":
+            return None
+        return self.loss or KINDS[self.kind].default_loss
+
+    @model_validator(mode="after")
+    def _keys_apply(self) -> "ModelConfig":
+        if self.objective == "rating" and "loss" in self.model_fields_set:
+            raise ValueError(f"model '{self.name}': 'loss' is for objective implicit; objective rating trains on MSE")
+        allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
+        for key in sorted(self.model_fields_set - allowed):
+            kinds = kinds_with(key)
+            if kinds:
+                hint = f"it applies to kind {', '.join(kinds)}"
+            else:
+                losses = [loss for loss, keys in LOSS_PARAMS.items() if key in keys]
+                hint = f"it applies to objective implicit with loss {', '.join(losses)}"
+            raise ValueError(
+                f"model '{self.name}': key '{key}' does not apply to kind {self.kind} with objective "
+                f"{self.objective} ({hint}); remove it"
+            )
+        for key in _LAYER_KEYS:
+            if key in allowed and not getattr(self, key) and key != "tower_layers":
+                raise ValueError(f"model '{self.name}': '{key}' needs at least one layer for kind {self.kind}")
+        return self
+
+    def model_params(self) -> dict[str, Any]:
+        """The kind's own hyper-parameters (for ``models.registry.build_model``)."""
+        keys = KINDS[self.kind].params | {"embedding_dim", "l2"}
+        params = {key: getattr(self, key) for key in sorted(keys)}
+        if params.get("crosses") is None:
+            params.pop("crosses", None)  # the model's default: every user x item field pair
+        return params
+
+    def train_settings(self) -> dict[str, Any]:
+        """Keyword arguments of ``models.train.TrainSettings`` (the seed comes from the run)."""
+        return {
+            "objective": self.objective, "loss": self.resolved_loss, "epochs": self.epochs,
+            "batch_size": self.batch_size, "learning_rate": self.learning_rate, "patience": self.patience,
+            "temperature": self.temperature, "log_q": self.log_q, "negatives": self.negatives,
+            "negative_ratio": self.negative_ratio,
+        }
 
 
 class EvaluationConfig(_Section):
@@ -169,6 +250,8 @@ def _format_error(err: dict, source: str) -> str:
     message = err["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    if isinstance(given, dict):  # a whole section failed a cross-key rule: the message names the key
+        return f"{source}: bad value in '{key}': {message}."
     return f"{source}: bad value for '{key}': {given!r} ({message})."
 
 

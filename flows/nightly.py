@@ -137,80 +137,106 @@ def features_task(cfg: NightrecConfig, paths: RunPaths, window: str, events_name
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(cfg: NightrecConfig, model_cfg: ModelConfig, paths: RunPaths, window: str) -> str:
-    """Train one model on a window's examples; returns the local model folder."""
-    from models.train import train_two_tower
+def train_task(
+    cfg: NightrecConfig, model_cfg: ModelConfig, paths: RunPaths, window: str, epochs: int | None = None
+) -> dict[str, Any]:
+    """Train one model on a window's examples.
+
+    In the "eval" window the holdout (joined with the window's features) gives
+    the per-epoch metric and early stopping; the "full" window has no holdout
+    and trains for ``epochs`` (the eval run's best epoch).
+
+    Returns:
+        {"name", "model_dir", "best_epoch", "factorised", "kind", "objective"}.
+    """
+    from models.train import TrainSettings, train_model
 
     wh = Warehouse(spark_for(cfg), paths.root)
-    state = features.FeatureState.from_json(wh.read_text(paths.work(window, "feature_state.json")))
+    state_json = wh.read_text(paths.work(window, "feature_state.json"))
+    state = features.FeatureState.from_json(state_json)
     out_dir = paths.work(window, "models", model_cfg.name)
+    holdout = _holdout_examples(cfg, paths, window) if window == "eval" else None
+    settings = model_cfg.train_settings()
+    if epochs is not None:
+        settings["epochs"] = epochs
     logger = get_run_logger()
-    train_two_tower(
-        paths.work(window, "examples"),
+    result = train_model(
+        model_cfg.kind,
         state.model_spec(),
+        paths.work(window, "examples"),
         out_dir,
-        embedding_dim=model_cfg.embedding_dim,
-        hidden=tuple(model_cfg.tower_layers),
-        temperature=model_cfg.temperature,
-        epochs=model_cfg.epochs,
-        batch_size=model_cfg.batch_size,
-        learning_rate=model_cfg.learning_rate,
-        l2=model_cfg.l2,
-        seed=cfg.seed,
+        settings=TrainSettings(**settings, seed=cfg.seed, eval_k=cfg.evaluation.k),
+        model_params=model_cfg.model_params(),
+        item_features_path=paths.work(window, "item_features"),
+        holdout_path=holdout,
+        feature_state_json=state_json,
         log=lambda line: logger.info(f"train[{model_cfg.name}/{window}] {line}"),
     )
-    return out_dir
+    return {"name": model_cfg.name, "model_dir": out_dir, "best_epoch": result.best_epoch,
+            "factorised": result.factorised, "kind": model_cfg.kind, "objective": model_cfg.objective}
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed_task(cfg: NightrecConfig, paths: RunPaths, window: str, model_dir: str) -> dict[str, str]:
-    """User and item embedding tables of a trained two-tower model."""
-    from models.export import embed_side, embeddings_table
+def embed_task(cfg: NightrecConfig, paths: RunPaths, window: str, trained: dict[str, Any]) -> dict[str, str]:
+    """User and item embedding tables of a factorised model ({} for the others)."""
+    from models.export import export_embeddings
     from models.train import MODEL_FILE, load_model
 
-    import pyarrow.parquet as pq
-
-    model = load_model(os.path.join(model_dir, MODEL_FILE))
-    out = {}
-    for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
-        ids, emb = embed_side(tower, paths.work(window, f"{side}_features"), model.spec[side], f"{side}_id")
-        order = pc.sort_indices(ids)
-        table = embeddings_table(ids.take(order), emb[order.to_numpy()], f"{side}_id")
-        path = os.path.join(model_dir, f"{side}_embeddings.parquet")
-        pq.write_table(table, path)
-        out[side] = path
-    return out
+    if not trained["factorised"]:
+        return {}
+    model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
+    return export_embeddings(
+        model, paths.work(window, "user_features"), paths.work(window, "item_features"), trained["model_dir"]
+    )
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(cfg: NightrecConfig, paths: RunPaths, model_cfg: ModelConfig, embeddings: dict[str, str]) -> dict:
-    """Recall@K / nDCG@K (and P@K, MAP@K) on the holdout, beside popularity."""
+def evaluate_task(
+    cfg: NightrecConfig, paths: RunPaths, model_cfg: ModelConfig, trained: dict[str, Any], embeddings: dict[str, str]
+) -> dict:
+    """Recall@K / nDCG@K (and P@K, MAP@K) on the holdout beside popularity; RMSE/MAE for rating models."""
     spark = spark_for(cfg)
     train = spark.read.parquet(paths.work("train"))
     holdout = spark.read.parquet(paths.work("holdout"))
     truth = evaluate.relevant_items(holdout, train).cache()
     holdout_users = truth.select("user_id").distinct()
     k = cfg.evaluation.k
-    recs = _recommend(spark, embeddings, train, holdout_users, paths.work("eval", "user_features"), k)
+    recs = _recommend(spark, paths, "eval", trained, embeddings, train, holdout_users, k)
     model_metrics = evaluate.ranking_metrics(recs, truth, k)
-    pop = _popularity_recs(spark, train, holdout_users, embeddings["item"], k)
+    pop = _popularity_recs(spark, train, holdout_users, _catalogue_ids(paths, "eval"), k)
     pop_metrics = evaluate.ranking_metrics(pop, truth, k)
     truth.unpersist()
-    _log(
+    result = {"k": k, "model": model_metrics, "popularity": pop_metrics}
+    line = (
         f"evaluate[{model_cfg.name}]: recall@{k} {model_metrics['recall']:.4f} vs popularity "
         f"{pop_metrics['recall']:.4f}; ndcg@{k} {model_metrics['ndcg']:.4f} vs {pop_metrics['ndcg']:.4f} "
         f"({model_metrics['users']:,} holdout users)"
     )
-    return {"k": k, "model": model_metrics, "popularity": pop_metrics}
+    if trained["objective"] == "rating":
+        from models.evaluation import RatingHoldout
+        from models.train import MODEL_FILE, load_model
+
+        model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
+        result["rating"] = RatingHoldout(_holdout_examples(cfg, paths, "eval"), model.spec).evaluate(model)
+        line += f"; rmse {result['rating']['rmse']:.4f}, mae {result['rating']['mae']:.4f}"
+    _log(line)
+    return result
 
 
 @task(name="score", cache_policy=NO_CACHE)
-def score_task(cfg: NightrecConfig, paths: RunPaths, model_cfg: ModelConfig, embeddings: dict[str, str], window: str) -> str:
+def score_task(
+    cfg: NightrecConfig,
+    paths: RunPaths,
+    model_cfg: ModelConfig,
+    trained: dict[str, Any],
+    embeddings: dict[str, str],
+    window: str,
+) -> str:
     """Exhaustive top-K for every user, items rated up to ds excluded."""
     spark = spark_for(cfg)
     events = spark.read.parquet(paths.work("raw", "interactions"))
     all_users = spark.read.parquet(paths.work(window, "user_features")).select("user_id")
-    recs = _recommend(spark, embeddings, events, all_users, paths.work(window, "user_features"), cfg.publish.k)
+    recs = _recommend(spark, paths, window, trained, embeddings, events, all_users, cfg.publish.k)
     out = paths.work("recommendations", model_cfg.name)
     recs.write.mode("overwrite").parquet(out)
     return out
@@ -251,6 +277,10 @@ def publish_task(
             for metric in evaluate.METRICS:
                 rows.append((name, baseline, metric, int(result["k"]), float(result[baseline][metric]),
                              int(result[baseline]["users"])))
+        for metric in ("rmse", "mae"):
+            if "rating" in result:  # rating models: error of the predicted rating on holdout rows (k is null)
+                rows.append((name, "model", metric, None, float(result["rating"][metric]),
+                             int(result["rating"]["rows"])))
     metrics_df = spark.createDataFrame(
         rows, "model string, scorer string, metric string, k int, value double, users int"
     )
@@ -308,33 +338,91 @@ def _load_embeddings(path: str, id_col: str) -> tuple[pa.Array, np.ndarray]:
     return ids, emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), dim)
 
 
-def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users: DataFrame,
-               user_features_path: str, k: int) -> DataFrame:
-    """Model top-K for ``users`` (known ids: source "model"; features only: "features")."""
-    item_ids, item_matrix = _load_embeddings(embeddings["item"], "item_id")
-    catalogue = scoring.catalogue_frame(spark, item_ids)
-    seen = scoring.seen_positions(seen_events, catalogue)
-    user_emb = spark.read.parquet(embeddings["user"])
+def _catalogue_ids(paths: RunPaths, window: str) -> pa.Array:
+    """Item ids of a window's item feature table, ascending (the catalogue order)."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(paths.work(window, "item_features"), columns=["item_id"]).column(0).combine_chunks()
+    return ids.take(pc.sort_indices(ids))
+
+
+def _holdout_examples(cfg: NightrecConfig, paths: RunPaths, window: str) -> str:
+    """Holdout events joined with a window's features (written once per run; a Parquet folder)."""
+    out = paths.work(window, "holdout_examples")
+    spark = spark_for(cfg)
+    if not Warehouse(spark, paths.root).exists(out + "/_SUCCESS"):
+        features.training_examples(
+            spark.read.parquet(paths.work("holdout")),
+            spark.read.parquet(paths.work(window, "user_features")),
+            spark.read.parquet(paths.work(window, "item_features")),
+        ).write.mode("overwrite").parquet(out)
+    return out
+
+
+def _with_source(users: DataFrame, user_features_path: str, spark) -> DataFrame:
     idx = spark.read.parquet(user_features_path).select("user_id", "user_idx")
-    rows = (
-        users.join(user_emb, on="user_id", how="inner")
-        .join(idx, on="user_id", how="left")
-        .join(seen, on="user_id", how="left")
-        .withColumn(
-            "source",
-            F.when(F.col("user_idx") >= features.FIRST_INDEX, F.lit("model")).otherwise(F.lit("features")),
-        )
+    return users.join(idx, on="user_id", how="left").withColumn(
+        "source", F.when(F.col("user_idx") >= features.FIRST_INDEX, F.lit("model")).otherwise(F.lit("features"))
     )
-    user_type = dict(user_emb.dtypes)["user_id"]
-    model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, user_id_type=user_type)
-    missing = users.join(user_emb.select("user_id"), on="user_id", how="left_anti")
-    pop = _popularity_recs(spark, seen_events, missing, embeddings["item"], k)
+
+
+def _recommend(spark, paths: RunPaths, window: str, trained: dict[str, Any], embeddings: dict[str, str],
+               seen_events: DataFrame, users: DataFrame, k: int) -> DataFrame:
+    """Model top-K for ``users`` (known ids: source "model"; features only: "features").
+
+    Factorised models are scored in Spark from their embedding tables
+    (``jobs.scoring``); the others block by block in this process
+    (``models.topk``). Users without a feature row get popularity.
+    """
+    user_features_path = paths.work(window, "user_features")
+    if embeddings:
+        item_ids, item_matrix = _load_embeddings(embeddings["item"], "item_id")
+        catalogue = scoring.catalogue_frame(spark, item_ids)
+        seen = scoring.seen_positions(seen_events, catalogue)
+        user_emb = spark.read.parquet(embeddings["user"])
+        rows = _with_source(users.join(user_emb, on="user_id", how="inner"), user_features_path, spark)
+        rows = rows.join(seen, on="user_id", how="left")
+        user_type = dict(user_emb.dtypes)["user_id"]
+        model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, user_id_type=user_type)
+    else:
+        model_recs = _recommend_in_process(spark, paths, window, trained, seen_events, users, k)
+    known = spark.read.parquet(user_features_path).select("user_id")
+    missing = users.join(known, on="user_id", how="left_anti")
+    pop = _popularity_recs(spark, seen_events, missing, _catalogue_ids(paths, window), k)
     return model_recs.unionByName(pop)
 
 
-def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_embeddings: str, k: int) -> DataFrame:
+def _recommend_in_process(spark, paths: RunPaths, window: str, trained: dict[str, Any], seen_events: DataFrame,
+                          users: DataFrame, k: int) -> DataFrame:
+    """Top-K of a non-factorised model, scored exhaustively in this process (``models.topk.recommend``)."""
+    import pyarrow.parquet as pq
+
+    from models.catalogue import SideTable, read_side_table
+    from models.topk import recommend
+    from models.train import MODEL_FILE, load_model
+
+    model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
+    user_features_path = paths.work(window, "user_features")
+    catalogue = read_side_table(paths.work(window, "item_features"), model.spec["item"], "item_id")
+    every_user = read_side_table(user_features_path, model.spec["user"], "user_id")
+    wanted = users.select("user_id").distinct().toArrow().column(0).combine_chunks()
+    positions = every_user.positions(wanted)
+    rows = np.sort(positions[positions >= 0])
+    chosen = SideTable(ids=every_user.ids.take(pa.array(rows)), columns=every_user.take(rows))
+    seen_df = scoring.seen_positions(seen_events, scoring.catalogue_frame(spark, catalogue.ids)).toArrow()
+    seen_at = dict(zip(seen_df.column("user_id").to_pylist(), seen_df.column("seen_pos").to_pylist()))
+    seen = [np.asarray(seen_at.get(u) or [], dtype=np.int64) for u in chosen.ids.to_pylist()]
+    table = recommend(model, chosen, catalogue, seen, k)
+    out = paths.work(window, "in_process_recommendations", trained["name"])
+    os.makedirs(out, exist_ok=True)
+    pq.write_table(table, os.path.join(out, "part-0.parquet"))
+    recs = spark.read.parquet(out)
+    with_source = _with_source(recs.select("user_id").distinct(), user_features_path, spark)
+    return recs.join(with_source.select("user_id", "source"), on="user_id").select(*scoring.RECOMMENDATION_COLUMNS)
+
+
+def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_ids: pa.Array, k: int) -> DataFrame:
     """Most-interacted catalogue items (in ``events``) per user, seen items excluded."""
-    item_ids, _ = _load_embeddings(item_embeddings, "item_id")
     catalogue = scoring.catalogue_frame(spark, item_ids)
     counts = {r["pos"]: r["count"] for r in events.join(catalogue, on="item_id").groupBy("pos").count().collect()}
     matrix = np.zeros((len(item_ids), 1), dtype=np.float32)
@@ -374,22 +462,25 @@ def nightly(ds: str, config_path: str | None = None, config: dict | None = None)
     counts.update(split_task(cfg, ds, paths))
     features_task(cfg, paths, "eval", ["train"])
     metrics: dict[str, dict] = {}
-    eval_dirs = {}
+    eval_runs: dict[str, dict] = {}
     for model_cfg in cfg.models:
-        eval_dirs[model_cfg.name] = train_task(cfg, model_cfg, paths, "eval")
-        emb = embed_task(cfg, paths, "eval", eval_dirs[model_cfg.name])
-        metrics[model_cfg.name] = evaluate_task(cfg, paths, model_cfg, emb)
+        eval_runs[model_cfg.name] = train_task(cfg, model_cfg, paths, "eval")
+        emb = embed_task(cfg, paths, "eval", eval_runs[model_cfg.name])
+        metrics[model_cfg.name] = evaluate_task(cfg, paths, model_cfg, eval_runs[model_cfg.name], emb)
 
     window = "eval"
-    final_dirs = eval_dirs
+    final_runs = eval_runs
     if cfg.publish.refit_on_full:
         window = "full"
         features_task(cfg, paths, "full", ["train", "holdout"])
-        final_dirs = {m.name: train_task(cfg, m, paths, "full") for m in cfg.models}
+        final_runs = {
+            m.name: train_task(cfg, m, paths, "full", epochs=eval_runs[m.name]["best_epoch"]) for m in cfg.models
+        }
     recs_paths = {}
     for model_cfg in cfg.models:
-        emb = embed_task(cfg, paths, window, final_dirs[model_cfg.name])
-        recs_paths[model_cfg.name] = score_task(cfg, paths, model_cfg, emb, window)
+        emb = embed_task(cfg, paths, window, final_runs[model_cfg.name])
+        recs_paths[model_cfg.name] = score_task(cfg, paths, model_cfg, final_runs[model_cfg.name], emb, window)
+    final_dirs = {name: run["model_dir"] for name, run in final_runs.items()}
     published = publish_task(cfg, paths, ds, recs_paths, final_dirs, metrics, counts, window)
 
     spark = spark_for(cfg)
@@ -431,6 +522,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             )
         if p["ndcg"] > 0:
             lines.append(f"    {name} / popularity nDCG: {m['ndcg'] / p['ndcg']:.2f}x")
+        if "rating" in result:
+            r = result["rating"]
+            lines.append(f"    rating error on {r['rows']:,} holdout rows: RMSE {r['rmse']:.4f}, MAE {r['mae']:.4f}")
     return "\n".join(lines)
 
 

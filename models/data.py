@@ -3,7 +3,9 @@
 The table is never loaded whole: files are read one record batch at a time,
 rows go through a bounded in-memory shuffle pool, and batches are padded
 (multi-valued columns, with -1) and handed to TensorFlow with prefetching.
-Each worker of a multi-worker job reads only its shard of the files.
+Each worker of a multi-worker job reads only its shard: the (file, row group)
+units of the table are dealt out round-robin, so even a single-file table
+splits across workers.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def side_columns(side_spec: Mapping) -> dict[str, int]:
     return columns
 
 
+def row_group_units(files: list[str]) -> list[tuple[str, int]]:
+    """(file, row group) pairs of a table, in file order: the units workers share out."""
+    return [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+
+
+def count_rows(files: list[str]) -> int:
+    """Rows in the Parquet files (from their footers)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
 def input_columns(spec: Mapping) -> dict[str, int]:
     """Column name -> padded length (0 for scalar columns) for a model spec."""
     return {**side_columns(spec["user"]), **side_columns(spec["item"])}
@@ -79,7 +91,8 @@ def iter_batches(
     """Yield dicts of numpy arrays of ``batch_size`` rows from Parquet files.
 
     Args:
-        files: Parquet files; a worker reads files ``shard_index::num_shards``.
+        files: Parquet files; a worker reads the (file, row group) units
+            ``shard_index::num_shards`` (see ``row_group_units``).
         columns: column -> padded length (0 = scalar), from ``input_columns``.
         batch_size: rows per batch.
         shuffle: shuffle the file order and rows within a pool of ``pool_rows``.
@@ -87,7 +100,7 @@ def iter_batches(
         drop_remainder: drop the last incomplete batch.
     """
     rng = np.random.default_rng(seed)
-    mine = files[shard_index::num_shards]
+    mine = row_group_units(files)[shard_index::num_shards]
     if shuffle:
         mine = [mine[i] for i in rng.permutation(len(mine))]
     names = list(columns)
@@ -111,15 +124,23 @@ def iter_batches(
             else:
                 pool, pooled = [{n: merged[n][rest] for n in names}], rest.size
 
-    for path in mine:
-        parquet = pq.ParquetFile(path)
-        for record_batch in parquet.iter_batches(batch_size=8192, columns=names):
+    for path, row_group in mine:
+        table = pq.ParquetFile(path).read_row_group(row_group, columns=names)
+        for record_batch in table.to_batches(max_chunksize=8192):
             pool.append({n: _to_numpy(record_batch.column(n), columns[n]) for n in names})
             pooled += record_batch.num_rows
             if pooled >= pool_rows:
                 yield from drain(final=False)
     if pooled:
         yield from drain(final=True)
+
+
+def to_feed(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Numpy columns as the models take them: floats as float32, everything else int32."""
+    return {
+        n: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32)
+        for n, a in batch.items()
+    }
 
 
 def _dtype(array: np.ndarray) -> tf.DType:
@@ -140,8 +161,14 @@ def make_dataset(
     num_shards: int = 1,
     shard_index: int = 0,
     drop_remainder: bool = False,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
-    """A prefetched tf.data.Dataset of dict batches (see ``iter_batches``)."""
+    """A prefetched tf.data.Dataset of dict batches (see ``iter_batches``).
+
+    With ``repeat`` the shard is read again and again (each pass reshuffled
+    with the next seed), so every worker of a synchronous job can take the
+    same number of steps even when the shards are uneven.
+    """
     probe = next(iter_batches(files[:1], columns, 2, shuffle=False), None)
     if probe is None:
         raise ValueError(f"{files[0]}: no rows")
@@ -150,20 +177,24 @@ def make_dataset(
     }
 
     def generate():
-        for batch in iter_batches(
-            files,
-            columns,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            num_shards=num_shards,
-            shard_index=shard_index,
-            drop_remainder=drop_remainder,
-        ):
-            yield {
-                n: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32)
-                for n, a in batch.items()
-            }
+        passes = 0
+        while True:
+            produced = False
+            for batch in iter_batches(
+                files,
+                columns,
+                batch_size,
+                shuffle=shuffle,
+                seed=seed + passes,
+                num_shards=num_shards,
+                shard_index=shard_index,
+                drop_remainder=drop_remainder,
+            ):
+                produced = True
+                yield to_feed(batch)
+            passes += 1
+            if not repeat or not produced:  # an empty shard must not spin forever
+                return
 
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
 

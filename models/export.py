@@ -1,22 +1,32 @@
-"""Embedding tables: run one tower over a side's feature table."""
+"""Export of trained models: embedding tables of the factorised ones.
+
+For a factorised model (``RecommenderModel.factorised``) the score of a
+(user, item) pair is exactly ``<user_embedding(u), item_embedding(i)>``; the
+tables hold those vectors for every row of the side feature tables, sorted
+by id, so ``jobs.scoring`` can score the catalogue with matrix products.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from models.data import iter_batches, parquet_files, side_columns
+from models.data import iter_batches, parquet_files, side_columns, to_feed
+
+EMBEDDING_FILES = {"user": "user_embeddings.parquet", "item": "item_embeddings.parquet"}
 
 
-def embed_side(tower, features_path: str, side_spec: Mapping, id_col: str, batch_size: int = 8192):
-    """Embeddings of every row of a side feature table.
+def embed_side(embed: Callable, features_path: str, side_spec: Mapping, id_col: str, batch_size: int = 8192):
+    """Embeddings of every row of a side feature table, in file order.
 
     Args:
-        tower: a callable Keras layer mapping an input dict to [batch, dim].
-        features_path: Parquet folder with ``id_col`` and the tower's inputs.
+        embed: maps an input dict to [batch, dim] (``model.user_embedding``, a tower, ...).
+        features_path: Parquet folder with ``id_col`` and the side's inputs.
         side_spec: the side's feature spec.
         id_col: the id column to carry along (``user_id`` / ``item_id``).
 
@@ -28,11 +38,8 @@ def embed_side(tower, features_path: str, side_spec: Mapping, id_col: str, batch
     ids = pa.concat_arrays(
         [pq.read_table(f, columns=[id_col]).column(0).combine_chunks() for f in files]
     )
-    chunks = []
-    for batch in iter_batches(files, columns, batch_size, shuffle=False, pool_rows=batch_size):
-        feed = {n: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32)
-                for n, a in batch.items()}
-        chunks.append(np.asarray(tower(feed), dtype=np.float32))
+    chunks = [np.asarray(embed(to_feed(batch)), dtype=np.float32)
+              for batch in iter_batches(files, columns, batch_size, shuffle=False, pool_rows=batch_size)]
     emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     return ids, emb
 
@@ -43,3 +50,25 @@ def embeddings_table(ids: pa.Array, emb: np.ndarray, id_col: str) -> pa.Table:
     dim = emb.shape[1] if emb.ndim == 2 else 0
     lists = pa.FixedSizeListArray.from_arrays(flat, dim) if dim else pa.array([[]] * len(ids), pa.list_(pa.float32()))
     return pa.table({id_col: ids, "embedding": lists.cast(pa.list_(pa.float32()))})
+
+
+def export_embeddings(model, user_features_path: str, item_features_path: str, out_dir: str) -> dict[str, str]:
+    """Write ``user_embeddings.parquet`` and ``item_embeddings.parquet`` of a factorised model.
+
+    Each file: ``<side>_id`` (source type), ``embedding`` (list<float32>),
+    sorted by id; ``<user_emb, item_emb>`` is the model's score.
+
+    Returns:
+        {"user": path, "item": path}.
+    """
+    if not model.factorised:
+        raise TypeError(f"{model.kind}: not factorised, it has no embedding tables; score it with models.topk")
+    out = {}
+    for side, path, embed in (("user", user_features_path, model.user_embedding),
+                              ("item", item_features_path, model.item_embedding)):
+        ids, emb = embed_side(embed, path, model.spec[side], f"{side}_id")
+        order = pc.array_sort_indices(ids)
+        table = embeddings_table(ids.take(order), emb[order.to_numpy()], f"{side}_id")
+        out[side] = os.path.join(out_dir, EMBEDDING_FILES[side])
+        pq.write_table(table, out[side])
+    return out

@@ -1,4 +1,11 @@
-"""Losses of the retrieval task (how a model turns scores into a loss)."""
+"""Losses: how a model's scores become a training loss.
+
+* implicit feedback, two-tower family: in-batch sampled softmax with the
+  log-Q popularity correction and accidental hits masked;
+* implicit feedback, DeepFM and NCF families: binary cross-entropy with
+  sampled negatives;
+* explicit ratings: mean squared error.
+"""
 
 from __future__ import annotations
 
@@ -28,32 +35,82 @@ def in_batch_softmax_loss(user_emb, item_emb, item_ids, item_log_q=None, tempera
     Returns:
         Scalar mean cross-entropy.
     """
-    logits = ops.matmul(user_emb, ops.transpose(item_emb)) / temperature
-    logits = corrected_logits(logits, item_ids, item_log_q)
-    labels = ops.eye(ops.shape(logits)[0], dtype=logits.dtype)
+    logits = ops.matmul(user_emb, ops.transpose(item_emb))
+    return in_batch_softmax_from_scores(logits, item_ids, item_log_q, temperature, weights)
+
+
+def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=1.0, weights=None):
+    """The in-batch softmax loss from a score matrix (row b = user b, column j = item of row j).
+
+    Any model can supply the matrix (``RecommenderModel.score_matrix`` of the
+    batch's users and items); see ``in_batch_softmax_loss`` for the rest.
+    ``scores`` may carry extra columns after the batch's own items: items
+    sampled from the catalogue as further negatives (mixed negative
+    sampling, Yang et al. 2020), with their ids and log-Q in ``item_ids`` /
+    ``item_log_q``.
+
+    Args:
+        scores: [batch, batch + n_extra].
+        item_ids: [batch + n_extra]; item_log_q: [batch + n_extra] or None.
+
+    Returns:
+        Scalar mean cross-entropy of the diagonal (the positives).
+    """
+    logits = corrected_logits(scores / temperature, item_ids, item_log_q)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
-    per_row = -ops.sum(labels * log_probs, axis=1)
+    per_row = -ops.diagonal(log_probs[:, : ops.shape(log_probs)[0]])
     if weights is not None:
         weights = ops.cast(weights, per_row.dtype)
         return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
     return ops.mean(per_row)
 
 
+def sampled_bce_loss(positive_logits, negative_logits, negative_valid=None):
+    """Binary cross-entropy of positives (label 1) and sampled negatives (label 0).
+
+    Args:
+        positive_logits: [batch] scores of the observed (user, item) rows.
+        negative_logits: [batch, n_neg] scores of each user against its sampled items.
+        negative_valid: [batch, n_neg] bool; False drops a negative (an
+            accidental hit: the sampled item is the row's positive).
+
+    Returns:
+        Scalar: the mean loss over the positives and the valid negatives.
+    """
+    pos = ops.softplus(-positive_logits)
+    neg = ops.softplus(negative_logits)
+    if negative_valid is None:
+        negative_valid = ops.ones_like(negative_logits, dtype="bool")
+    mask = ops.cast(negative_valid, neg.dtype)
+    count = ops.cast(ops.shape(pos)[0], neg.dtype) + ops.sum(mask)
+    return (ops.sum(pos) + ops.sum(neg * mask)) / count
+
+
+def rating_loss(predicted, rating):
+    """Mean squared error: [batch], [batch] -> scalar."""
+    diff = predicted - ops.cast(rating, predicted.dtype)
+    return ops.mean(diff * diff)
+
+
 def corrected_logits(logits, item_ids, item_log_q=None):
     """Apply the log-Q correction and mask accidental hits.
 
     Args:
-        logits: [batch, batch], row b = user b, column j = item of row j.
-        item_ids: [batch] item ids.
-        item_log_q: [batch] log sampling probability of item j, or None.
+        logits: [batch, n_candidates], row b = user b; column j < batch is
+            the positive item of row j, columns >= batch are extra sampled
+            items (mixed negatives), if any.
+        item_ids: [n_candidates] item id of every column.
+        item_log_q: [n_candidates] log of how often each column's item is
+            expected among the candidates (its sampling probability), or None.
 
     Returns:
-        [batch, batch]: ``logits[b, j] - log q_j``, and a very negative value
-        where j != b but item j is the same item as row b's positive.
+        [batch, n_candidates]: ``logits[b, j] - log q_j``, and a very negative
+        value where j != b but item j is the same item as row b's positive.
     """
     if item_log_q is not None:
         logits = logits - ops.cast(item_log_q, logits.dtype)[None, :]
-    same_item = ops.equal(item_ids[:, None], item_ids[None, :])
-    diagonal = ops.cast(ops.eye(ops.shape(logits)[0]), "bool")
+    rows = ops.shape(logits)[0]
+    same_item = ops.equal(item_ids[:rows, None], item_ids[None, :])
+    diagonal = ops.cast(ops.eye(rows, ops.shape(logits)[1]), "bool")
     accidental = ops.logical_and(same_item, ops.logical_not(diagonal))
     return ops.where(accidental, ops.full_like(logits, _MASK_LOGIT), logits)

@@ -1,8 +1,24 @@
-"""Training entry point: a custom loop (strategy.run + GradientTape) around Keras 3.
+"""Training entry point: one custom loop (strategy.run + GradientTape) for every model.
 
 Keras 3 ``model.fit`` fails under MultiWorkerMirroredStrategy
 (keras-team/keras#20585), so nightrec drives Keras models and optimizers with
-its own loop; the same loop runs under the default (one-worker) strategy.
+its own loop; the same loop runs under the default (one-worker) strategy and
+under a ``MultiWorkerMirroredStrategy`` scope. Each worker reads its shard of
+the examples (``models.data``); every worker takes the same number of steps
+per epoch; gradients are summed across replicas, so each replica's loss is
+divided by the number of replicas.
+
+Objectives:
+
+* ``rating``: mean squared error of the score against the rating;
+* ``implicit`` with ``in_batch_softmax``: the batch's items are the
+  negatives, log-Q corrected, accidental hits masked (``models.tasks``);
+* ``implicit`` with ``sampled_bce``: each positive row gets
+  ``negative_ratio`` catalogue items drawn uniformly or by popularity.
+
+After each epoch the holdout metric is computed (RMSE for ratings,
+nDCG@K over the catalogue for implicit feedback); training stops after
+``patience`` epochs without improvement and the best epoch's weights are kept.
 """
 
 from __future__ import annotations
@@ -18,10 +34,75 @@ import numpy as np
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from models.data import input_columns, make_dataset, parquet_files
-from models.two_tower import TwoTowerModel
+from models.base import expand_rows, group_rows
+from models.catalogue import NegativeSampler, item_counts, read_side_table
+from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
+from models.evaluation import RankingHoldout, RatingHoldout
+from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES
+from models.registry import build_model, load_model
+from models.tasks import in_batch_softmax_from_scores, rating_loss, sampled_bce_loss
 
 MODEL_FILE = "model.keras"
+FEATURE_STATE_FILE = "feature_state.json"
+TRAIN_FILE = "train.json"
+
+__all__ = ["MODEL_FILE", "TrainSettings", "TrainResult", "train_model", "load_model", "item_log_frequencies"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How to train (the model's own hyper-parameters go to ``models.registry.build_model``).
+
+    Attributes:
+        objective: "implicit" (top-K from interactions) or "rating" (regression).
+        loss: implicit loss, "in_batch_softmax" or "sampled_bce" (None: the kind's default).
+        epochs: maximum epochs.
+        batch_size: global batch size (split across replicas).
+        learning_rate: Adam learning rate.
+        patience: stop after this many epochs without a better holdout metric (0: never stop early).
+        temperature: in-batch softmax temperature (scores are divided by it).
+        log_q: subtract log item frequency from in-batch logits.
+        extra_negatives: in-batch softmax: items sampled uniformly from the
+            catalogue per batch, added to the batch's own items as negatives
+            (mixed negative sampling); the log-Q correction then uses the
+            mixture's expected count of each item.
+        negatives: "uniform" or "popularity" (sampled_bce).
+        negative_ratio: sampled negatives per positive (sampled_bce).
+        seed: seed of initialisation, shuffling and sampling.
+        eval_k: cut-off of the ranking holdout metric.
+        eval_max_users: holdout users evaluated per epoch (a seeded sample).
+    """
+
+    objective: str = "implicit"
+    loss: str | None = None
+    epochs: int = 8
+    batch_size: int = 1024
+    learning_rate: float = 0.005
+    patience: int = 2
+    temperature: float = 0.1
+    log_q: bool = True
+    extra_negatives: int = 0
+    negatives: str = "uniform"
+    negative_ratio: int = 4
+    seed: int = 42
+    eval_k: int = 10
+    eval_max_users: int = 2000
+
+    def resolved_loss(self, kind: str) -> str:
+        """The loss actually used: "mse" for ratings, else the implicit loss."""
+        if self.objective == "rating":
+            return "mse"
+        return self.loss or KINDS[kind].default_loss
+
+    def check(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(sorted(KINDS))}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.negatives not in NEGATIVE_SAMPLERS:
+            raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {self.negatives!r}")
 
 
 @dataclasses.dataclass
@@ -30,13 +111,21 @@ class TrainResult:
 
     Attributes:
         model_path: the saved ``.keras`` file.
-        history: one dict per epoch (epoch, loss, examples_per_s, seconds).
+        history: one dict per epoch (epoch, loss, holdout metrics, examples_per_s, seconds).
         examples: training rows seen per epoch.
+        best_epoch: the epoch whose weights were kept (the last one without a holdout).
+        metric: name of the holdout metric ("rmse", "ndcg" or None).
+        best_metric: its value at ``best_epoch`` (None without a holdout).
+        factorised: whether the model scores as a dot product of exported embeddings.
     """
 
     model_path: str
     history: list[dict]
     examples: int
+    best_epoch: int
+    metric: str | None
+    best_metric: float | None
+    factorised: bool
 
 
 def item_log_frequencies(files: list[str], item_col: str, vocab_size: int) -> np.ndarray:
@@ -44,112 +133,222 @@ def item_log_frequencies(files: list[str], item_col: str, vocab_size: int) -> np
 
     Indices never seen get the log of half a row's share (a finite value).
     """
-    counts = np.zeros(vocab_size, dtype=np.float64)
+    return log_share(item_counts(files, item_col, vocab_size))
+
+
+def log_share(counts: np.ndarray) -> np.ndarray:
+    """log(count / total) with zero counts taken as half a row: [n] float32."""
+    return np.log(np.maximum(counts, 0.5) / max(counts.sum(), 1.0)).astype(np.float32)
+
+
+def _mean_rating(files: list[str]) -> float:
+    total = rows = 0.0
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=[item_col], batch_size=65536):
-            idx = batch.column(0).to_numpy(zero_copy_only=False)
-            counts += np.bincount(idx, minlength=vocab_size)[:vocab_size]
-    total = max(counts.sum(), 1.0)
-    return np.log(np.maximum(counts, 0.5) / total).astype(np.float32)
+        column = pq.read_table(path, columns=["rating"]).column(0).to_numpy()
+        total += float(np.nansum(column))
+        rows += int(np.isfinite(column).sum())
+    return total / rows if rows else 0.0
 
 
-def train_two_tower(
-    examples_path: str,
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type in (None, "chief"):
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
+
+
+def _holdout(settings: TrainSettings, spec, holdout_path, examples_path, item_features_path):
+    if holdout_path is None:
+        return None
+    if settings.objective == "rating":
+        return RatingHoldout(holdout_path, spec)
+    if item_features_path is None:
+        raise ValueError("a ranking holdout needs item_features_path (the catalogue to rank)")
+    return RankingHoldout(holdout_path, examples_path, item_features_path, spec, k=settings.eval_k,
+                          max_users=settings.eval_max_users, seed=settings.seed)
+
+
+def train_model(
+    kind: str,
     spec: Mapping,
+    examples_path: str,
     out_dir: str,
     *,
-    embedding_dim: int = 32,
-    hidden: tuple[int, ...] = (64,),
-    temperature: float = 0.1,
-    normalize: bool = False,
-    l2: float = 0.0,
-    epochs: int = 8,
-    batch_size: int = 1024,
-    learning_rate: float = 0.005,
-    seed: int = 42,
+    settings: TrainSettings = TrainSettings(),
+    model_params: Mapping | None = None,
+    item_features_path: str | None = None,
+    holdout_path: str | None = None,
+    feature_state_json: str | None = None,
     strategy: tf.distribute.Strategy | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a two-tower model with in-batch softmax on training examples.
+    """Train one model of ``kind`` on Parquet training examples.
 
     Args:
-        examples_path: Parquet folder of training examples (one positive
-            (user, item) pair per row with every input column of ``spec``).
+        kind: a name in ``models.kinds.KINDS``.
         spec: model input spec from the feature stage.
-        out_dir: local folder; receives ``model.keras`` and ``train.json``.
+        examples_path: Parquet training examples: one (user, item) row each with
+            every input column of ``spec`` (and ``rating`` for the rating objective).
+        out_dir: local folder; receives ``model.keras``, ``train.json`` and
+            ``feature_state.json`` (when given).
+        settings: objective, loss and optimisation settings.
+        model_params: the kind's hyper-parameters (``models.registry.build_model``).
+        item_features_path: the item catalogue (Parquet; needed by sampled
+            negatives and by the ranking holdout).
+        holdout_path: Parquet holdout examples for the per-epoch metric and
+            early stopping (None: train all epochs).
+        feature_state_json: the fitted feature state, saved beside the model.
         strategy: tf.distribute strategy (default: the current one).
         log: receives one progress line per epoch.
 
     Returns:
         TrainResult.
     """
-    keras.utils.set_random_seed(seed)
+    settings.check(kind)
+    loss_name = settings.resolved_loss(kind)
+    keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
     strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     files = parquet_files(examples_path)
-    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    n_rows = count_rows(files)
     if n_rows == 0:
         raise ValueError(f"{examples_path}: no training examples")
-    batch_size = min(batch_size, n_rows)
+    batch_size = max(replicas, min(settings.batch_size, n_rows) // replicas * replicas)
+    steps_per_epoch = max(1, n_rows // batch_size)
     columns = input_columns(spec)
+    if settings.objective == "rating":
+        columns["rating"] = 0
     item_col = spec["item"]["id"]["name"]
-    log_q = tf.constant(item_log_frequencies(files, item_col, int(spec["item"]["id"]["vocab_size"])))
+    vocab = int(spec["item"]["id"]["vocab_size"])
+    counts = item_counts(files, item_col, vocab)
+    sampler = None
+    extra = settings.extra_negatives if loss_name == "in_batch_softmax" else 0
+    if loss_name == "sampled_bce" or extra:
+        if item_features_path is None:
+            raise ValueError(f"{kind}: sampled negatives need item_features_path (the catalogue to sample from)")
+        catalogue = read_side_table(item_features_path, spec["item"], "item_id")
+        mode = settings.negatives if loss_name == "sampled_bce" else "uniform"
+        sampler = NegativeSampler(catalogue, item_col, counts, mode=mode, seed=settings.seed)
+    # In-batch softmax correction: log of each item's expected count among a replica's candidates.
+    expected = (batch_size // replicas) * np.exp(log_share(counts).astype(np.float64))
+    if extra:
+        expected = expected + extra * sampler.index_probability
+    log_q = tf.constant(np.log(expected).astype(np.float32))
+    output_bias = _mean_rating(files) if settings.objective == "rating" else 0.0
+    holdout = _holdout(settings, spec, holdout_path, examples_path, item_features_path)
 
     with strategy.scope():
-        model = TwoTowerModel(
-            spec, embedding_dim=embedding_dim, hidden=hidden, temperature=temperature, normalize=normalize, l2=l2
-        )
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-        first = next(iter(make_dataset(files, columns, 4, shuffle=False)))
+        model = build_model(kind, spec, output_bias=output_bias, **dict(model_params or {}))
+        optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
+        first = to_feed(next(iter_batches(files[:1], columns, 4, shuffle=False)))
         model(first)
         optimizer.build(model.trainable_variables)
 
-    def replica_step(batch):
+    def objective_loss(batch, step):
+        if settings.objective == "rating":
+            return rating_loss(model(batch, training=True), batch["rating"])
+        user = model.user_parts(batch, training=True)
+        item = model.item_parts(batch, training=True)
+        item_idx = batch[item_col]
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        if loss_name == "in_batch_softmax":
+            scores = model.pair_scores(user, item, cross=True, training=True)
+            ids = item_idx
+            if extra:
+                extra_rows, extra_idx = sampler.sample(extra, step, replica)
+                extra_scores = model.pair_scores(user, model.item_parts(extra_rows, training=True), cross=True,
+                                                 training=True)
+                scores = tf.concat([scores, extra_scores], axis=1)
+                ids = tf.concat([item_idx, tf.cast(extra_idx, item_idx.dtype)], axis=0)
+            return in_batch_softmax_from_scores(
+                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature
+            )
+        positive = model.pair_scores(user, item, training=True)
+        n = tf.shape(item_idx)[0]
+        negatives, negative_idx = sampler.sample(n * settings.negative_ratio, step, replica)
+        neg_item = group_rows(model.item_parts(negatives, training=True), n)
+        negative = model.pair_scores(expand_rows(user), neg_item, training=True)
+        valid = tf.not_equal(tf.reshape(negative_idx, (n, settings.negative_ratio)), item_idx[:, None])
+        return sampled_bce_loss(positive, negative, valid)
+
+    def replica_step(batch, step):
         with tf.GradientTape() as tape:
-            loss = model.loss_on_batch(batch, tf.gather(log_q, batch[item_col]))
-            if model.losses:
-                loss = loss + tf.add_n(model.losses)
-        grads = tape.gradient(loss, model.trainable_variables)
+            loss = objective_loss(batch, step)
+            total = loss + tf.add_n(model.losses) if model.losses else loss
+            scaled = total / replicas
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
     @tf.function
-    def train_step(batch):
-        per_replica = strategy.run(replica_step, args=(batch,))
+    def train_step(batch, step):
+        per_replica = strategy.run(replica_step, args=(batch, step))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    history = []
-    rows = 0
-    for epoch in range(1, epochs + 1):
-        dataset = make_dataset(files, columns, batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_remainder=True)
-        dist = strategy.experimental_distribute_dataset(dataset)
+    history: list[dict] = []
+    best_epoch, best_value, best_weights = 0, None, None
+    step = 0
+    for epoch in range(1, settings.epochs + 1):
+        def dataset_fn(ctx, epoch=epoch):
+            return make_dataset(
+                files, columns, ctx.get_per_replica_batch_size(batch_size), shuffle=True,
+                seed=settings.seed * 1000 + epoch * 7, num_shards=ctx.num_input_pipelines,
+                shard_index=ctx.input_pipeline_id, drop_remainder=True, repeat=True,
+            )
+
+        batches = iter(strategy.distribute_datasets_from_function(dataset_fn))
         start = time.perf_counter()
-        losses, rows = [], 0
-        for batch in dist:
-            losses.append(float(train_step(batch)))
-            rows += batch_size
+        losses = []
+        for _ in range(steps_per_epoch):
+            losses.append(float(train_step(next(batches), tf.constant(step, tf.int64))))
+            step += 1
         seconds = time.perf_counter() - start
         record = {
             "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "examples_per_s": rows / max(seconds, 1e-9),
+            "loss": float(np.mean(losses)),
+            "examples_per_s": steps_per_epoch * batch_size / max(seconds, 1e-9),
             "seconds": seconds,
         }
+        line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
+        improved = holdout is None
+        if holdout is not None:
+            metrics = holdout.evaluate(model)
+            record["holdout"] = metrics
+            value = metrics[holdout.name]
+            improved = best_value is None or (value > best_value if holdout.higher_is_better else value < best_value)
+            line += f", holdout {holdout.name}{'@' + str(settings.eval_k) if holdout.name == 'ndcg' else ''} {value:.4f}"
+            if improved:
+                best_value = value
+        if improved:
+            best_epoch = epoch
+            best_weights = [w.copy() for w in model.get_weights()] if holdout is not None else None
         history.append(record)
-        log(
-            f"epoch {epoch}/{epochs}: loss {record['loss']:.4f}, "
-            f"{record['examples_per_s']:,.0f} examples/s, {seconds:.1f}s"
-        )
+        log(f"{line}, {record['examples_per_s']:,.0f} examples/s, {seconds:.1f}s")
+        if holdout is not None and settings.patience and epoch - best_epoch >= settings.patience:
+            log(f"early stop: no better holdout {holdout.name} for {settings.patience} epochs; "
+                f"keeping epoch {best_epoch}")
+            break
+    if best_weights is not None and best_epoch != history[-1]["epoch"]:
+        model.set_weights(best_weights)
+
     os.makedirs(out_dir, exist_ok=True)
     model_path = os.path.join(out_dir, MODEL_FILE)
-    model.save(model_path)
-    with open(os.path.join(out_dir, "train.json"), "w") as fh:
-        json.dump({"history": history, "examples_per_epoch": rows}, fh, indent=2)
-    return TrainResult(model_path=model_path, history=history, examples=rows)
-
-
-def load_model(path: str) -> keras.Model:
-    """Load a saved nightrec model (its custom layers are registered on import)."""
-    import models.two_tower  # noqa: F401  (registers the serializable classes)
-
-    return keras.models.load_model(path)
+    if _is_chief(strategy):
+        model.save(model_path)
+        if feature_state_json is not None:
+            with open(os.path.join(out_dir, FEATURE_STATE_FILE), "w") as fh:
+                fh.write(feature_state_json)
+        with open(os.path.join(out_dir, TRAIN_FILE), "w") as fh:
+            json.dump({
+                "kind": kind, "family": KINDS[kind].family, "objective": settings.objective, "loss": loss_name,
+                "factorised": bool(model.factorised), "settings": dataclasses.asdict(settings),
+                "model_params": dict(model_params or {}), "best_epoch": best_epoch,
+                "metric": holdout.name if holdout else None, "best_metric": best_value,
+                "examples_per_epoch": steps_per_epoch * batch_size, "history": history,
+            }, fh, indent=2, default=str)
+    return TrainResult(
+        model_path=model_path, history=history, examples=steps_per_epoch * batch_size, best_epoch=best_epoch,
+        metric=holdout.name if holdout else None, best_metric=best_value, factorised=bool(model.factorised),
+    )

@@ -1,9 +1,19 @@
-"""The two-tower model: score(u, i) = <psi(user features), phi(item features)>.
+"""The two-tower family: score(u, i) = rho(psi(user u), phi(item i)).
 
-The user tower psi and the item tower phi are separately callable, so the
-whole catalogue can be embedded without the users and scored exhaustively
-with one matrix product. With ``normalize=True`` both outputs are L2-
-normalised and the score is a cosine (the content-based example in the seeds).
+A user tower psi and an item tower phi map each side's features to a vector;
+the score combines them. The seeds' models are named special cases
+(``KINDS`` in ``models.registry``):
+
+* ``mf``:        s = p_u . q_i                     (id embeddings only)
+* ``mf_mean``:   s = p_u . q_i + a_u + b_i + mu     (plus biases and the global mean)
+* ``linear_rs``: s = psi(u) . phi(i), psi(u) = A x_u + sum_f E_f[x_uf]   (linear towers)
+* ``two_tower``: s = psi(u) . phi(i), psi, phi MLPs; optionally L2-normalised
+  (then s is a cosine; the in-batch softmax divides it by a temperature)
+* ``two_tower_dense``: s = rho([psi(u), phi(i)]), rho an MLP (not a dot product).
+
+With a dot-product head the model is factorised: ``user_embedding`` /
+``item_embedding`` fold the biases in (``[p_u, a_u + mu, 1] . [q_i, 1, b_i]``),
+so exported tables score exactly.
 """
 
 from __future__ import annotations
@@ -11,55 +21,74 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from models.layers import SideEmbedding
-from models.tasks import in_batch_softmax_loss
+from models.base import RecommenderModel, add_sides, dot
+from models.layers import MLP, LinearSide, SideEmbedding, SplitDense
+
+TOWER_MODES = ("id", "linear", "mlp")
+HEADS = ("dot", "dense")
 
 
 @keras.saving.register_keras_serializable(package="nightrec")
 class Tower(keras.layers.Layer):
-    """One tower: embed the side's features, then an MLP, then a linear output.
+    """One tower: the side's features -> a vector.
 
     Args:
         side_spec: the side's feature spec (see ``models.layers``).
         embedding_dim: width of the feature embeddings.
         output_dim: width of the tower output.
-        hidden: widths of the hidden ReLU layers (empty: a linear tower).
+        hidden: widths of the hidden ReLU layers (mode "mlp").
+        mode: "id" (the id embedding itself; output_dim = embedding_dim),
+            "linear" (A x + sum of field embeddings) or "mlp" (concatenated
+            embeddings and continuous features -> ReLU layers -> linear output).
         normalize: L2-normalise the output.
-        use_id: include the id embedding.
+        use_id: include the id embedding ("linear"/"mlp").
+        use_features: include the side features ("linear"/"mlp").
+        id_dropout: probability of replacing the id by the unseen index in training.
+        dropout: dropout after each hidden layer in training.
 
     Call returns:
         [batch, output_dim].
     """
 
-    def __init__(
-        self, side_spec, embedding_dim, output_dim, hidden=(), normalize=False, use_id=True, l2=0.0, **kwargs
-    ):
+    def __init__(self, side_spec, embedding_dim, output_dim, hidden=(), normalize=False, use_id=True, l2=0.0,
+                 mode="mlp", use_features=True, id_dropout=0.0, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
+        if mode not in TOWER_MODES:
+            raise ValueError(f"Tower mode must be one of {', '.join(TOWER_MODES)}, got {mode!r}")
         self.side_spec = side_spec
         self.embedding_dim = int(embedding_dim)
         self.output_dim = int(output_dim)
         self.hidden = [int(h) for h in hidden]
         self.normalize = bool(normalize)
-        self.use_id = bool(use_id)
+        self.use_id = bool(use_id) or mode == "id"
+        self.use_features = bool(use_features) and mode != "id"
         self.l2 = float(l2)
-        self.embed = SideEmbedding(side_spec, embedding_dim, use_id=use_id, l2=l2, name="features")
-        self.mlp = [keras.layers.Dense(h, activation="relu", name=f"hidden_{n}") for n, h in enumerate(self.hidden)]
-        self.out = keras.layers.Dense(output_dim, name="output")
+        self.mode = mode
+        self.id_dropout = float(id_dropout)
+        self.dropout = float(dropout)
+        common = dict(use_id=self.use_id, use_features=self.use_features, l2=l2, id_dropout=id_dropout)
+        if mode == "linear":
+            self.embed = LinearSide(side_spec, self.output_dim, name="features", **common)
+        else:
+            dim = self.output_dim if mode == "id" else self.embedding_dim
+            self.embed = SideEmbedding(side_spec, dim, name="features", **common)
+        self.mlp = MLP(self.hidden, self.output_dim, dropout=dropout, name="mlp") if mode == "mlp" else None
 
-    def call(self, inputs):
-        x = self.embed(inputs)
-        for layer in self.mlp:
-            x = layer(x)
-        x = self.out(x)
+    def call(self, inputs, training=False):
+        x = self.embed(inputs, training=training)
+        if self.mlp is not None:
+            x = self.mlp(x, training=training)
         if self.normalize:
             x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
         return x
 
     def input_names(self) -> list[str]:
         names = [self.side_spec["id"]["name"]] if self.use_id else []
-        names += [s["name"] for s in self.side_spec.get("categorical", [])]
-        names += [s["name"] for s in self.side_spec.get("multi_categorical", [])]
-        return names + list(self.side_spec.get("continuous", []))
+        if self.use_features:
+            names += [s["name"] for s in self.side_spec.get("categorical", [])]
+            names += [s["name"] for s in self.side_spec.get("multi_categorical", [])]
+            names += list(self.side_spec.get("continuous", []))
+        return names
 
     def get_config(self):
         return {
@@ -71,55 +100,132 @@ class Tower(keras.layers.Layer):
             "normalize": self.normalize,
             "use_id": self.use_id,
             "l2": self.l2,
+            "mode": self.mode,
+            "use_features": self.use_features,
+            "id_dropout": self.id_dropout,
+            "dropout": self.dropout,
         }
 
 
 @keras.saving.register_keras_serializable(package="nightrec")
-class TwoTowerModel(keras.Model):
-    """Two towers and a dot-product score, trained with in-batch softmax.
+class TwoTowerModel(RecommenderModel):
+    """Two towers and a head; the named kinds of the family are presets of these arguments.
 
     Args:
         spec: the model input spec ``{"user": side_spec, "item": side_spec}``.
         embedding_dim: width of the feature embeddings and of the tower outputs.
-        hidden: hidden layer widths of both towers.
-        temperature: softmax temperature of the retrieval loss.
+        hidden: hidden layer widths of both towers (mode "mlp").
         normalize: L2-normalise tower outputs.
+        tower: "id", "linear" or "mlp" (see ``Tower``).
+        biases: add a_u + b_i + mu (per-id biases and a global bias).
+        head: "dot" (factorised) or "dense" (rho, an MLP over [psi, phi]).
+        head_layers: ReLU widths of the dense head.
+        kind: the preset name this model was built as (recorded for readers).
     """
 
-    def __init__(self, spec, embedding_dim=32, hidden=(64,), temperature=0.1, normalize=False, l2=0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
-        self.embedding_dim = int(embedding_dim)
+    family = "two_tower"
+
+    def __init__(self, spec, embedding_dim=32, hidden=(64,), normalize=False, l2=0.0,
+                 tower="mlp", use_id=True, use_features=True, biases=False, head="dot", head_layers=(64,),
+                 id_dropout=0.0, dropout=0.0, output_bias=0.0, kind="two_tower", **kwargs):
+        super().__init__(spec, kind=kind, embedding_dim=embedding_dim, use_id=use_id, use_features=use_features, l2=l2,
+                         dropout=dropout, id_dropout=id_dropout, output_bias=output_bias, **kwargs)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head == "dense" and not head_layers:
+            raise ValueError("a dense head needs at least one layer in head_layers")
         self.hidden = [int(h) for h in hidden]
-        self.temperature = float(temperature)
         self.normalize = bool(normalize)
-        self.l2 = float(l2)
-        common = dict(embedding_dim=embedding_dim, output_dim=embedding_dim, hidden=hidden, normalize=normalize, l2=l2)
+        self.tower = tower
+        self.biases = bool(biases)
+        self.head = head
+        self.head_layers = [int(h) for h in head_layers]
+        common = dict(embedding_dim=embedding_dim, output_dim=embedding_dim, hidden=hidden, normalize=normalize, l2=l2,
+                      mode=tower, use_id=use_id, use_features=use_features, id_dropout=id_dropout, dropout=dropout)
         self.user_tower = Tower(spec["user"], name="user_tower", **common)
         self.item_tower = Tower(spec["item"], name="item_tower", **common)
+        if self.biases:
+            reg = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+            self.user_bias = keras.layers.Embedding(int(spec["user"]["id"]["vocab_size"]), 1,
+                                                    embeddings_initializer="zeros", embeddings_regularizer=reg,
+                                                    name="user_bias")
+            self.item_bias = keras.layers.Embedding(int(spec["item"]["id"]["vocab_size"]), 1,
+                                                    embeddings_initializer="zeros", embeddings_regularizer=reg,
+                                                    name="item_bias")
+            self.global_bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.output_bias),
+                                               name="global_bias")
+        if self.head == "dense":
+            self.rho_first = SplitDense(self.head_layers[0], self.embedding_dim, self.embedding_dim, name="rho_first")
+            self.rho_rest = MLP(self.head_layers[1:], 1, dropout=dropout, output_bias=output_bias, name="rho_rest")
 
-    def call(self, inputs):
-        """Score aligned (user, item) rows: [batch]."""
-        return ops.sum(self.user_tower(inputs) * self.item_tower(inputs), axis=-1)
+    @property
+    def factorised(self) -> bool:
+        return self.head == "dot"
 
-    def loss_on_batch(self, batch, item_log_q=None):
-        """In-batch softmax loss of a batch of positive (user, item) rows."""
-        item_ids = batch[self.spec["item"]["id"]["name"]]
-        return in_batch_softmax_loss(
-            self.user_tower(batch),
-            self.item_tower(batch),
-            item_ids,
-            item_log_q=item_log_q,
-            temperature=self.temperature,
-        )
+    def user_parts(self, inputs, training=False):
+        """{"vec": psi(u) [n, d]; "bias": a_u + mu [n] (biases); "rho": W_p psi(u) [n, h] (dense head)}."""
+        parts = {"vec": self.user_tower(inputs, training=training)}
+        if self.biases:
+            idx = ops.cast(inputs[self.spec["user"]["id"]["name"]], "int32")
+            parts["bias"] = self.user_bias(idx)[:, 0] + self.global_bias
+        if self.head == "dense":
+            parts["rho"] = self.rho_first.user_half(parts["vec"])
+        return parts
+
+    def item_parts(self, inputs, training=False):
+        """{"vec": phi(i) [n, d]; "bias": b_i [n] (biases); "rho": W_q phi(i) + b [n, h] (dense head)}."""
+        parts = {"vec": self.item_tower(inputs, training=training)}
+        if self.biases:
+            idx = ops.cast(inputs[self.spec["item"]["id"]["name"]], "int32")
+            parts["bias"] = self.item_bias(idx)[:, 0]
+        if self.head == "dense":
+            parts["rho"] = self.rho_first.item_half(parts["vec"])
+        return parts
+
+    def pair_scores(self, user, item, cross=False, training=False):
+        if self.head == "dense":
+            hidden = self.rho_first.combine(user["rho"], item["rho"], cross=cross)
+            return self.rho_rest(hidden, training=training)[..., 0]
+        score = dot(user["vec"], item["vec"], cross=cross)
+        if self.biases:
+            score = score + add_sides(user["bias"], item["bias"], cross=cross)
+        return score
+
+    def user_embedding(self, inputs):
+        """[n, d] (or [n, d + 2] with biases: [psi(u), a_u + mu, 1])."""
+        if not self.factorised:
+            return super().user_embedding(inputs)
+        parts = self.user_parts(inputs)
+        if not self.biases:
+            return parts["vec"]
+        ones = ops.ones_like(parts["bias"])
+        return ops.concatenate([parts["vec"], parts["bias"][:, None], ones[:, None]], axis=-1)
+
+    def item_embedding(self, inputs):
+        """[n, d] (or [n, d + 2] with biases: [phi(i), 1, b_i])."""
+        if not self.factorised:
+            return super().item_embedding(inputs)
+        parts = self.item_parts(inputs)
+        if not self.biases:
+            return parts["vec"]
+        ones = ops.ones_like(parts["bias"])
+        return ops.concatenate([parts["vec"], ones[:, None], parts["bias"][:, None]], axis=-1)
+
+    def input_names(self, side: str) -> list[str]:
+        tower = self.user_tower if side == "user" else self.item_tower
+        names = tower.input_names()
+        id_name = self.spec[side]["id"]["name"]
+        if self.biases and id_name not in names:
+            names = [id_name] + names
+        return names
 
     def get_config(self):
         return {
-            "spec": self.spec,
-            "embedding_dim": self.embedding_dim,
+            **self.base_config(),
             "hidden": self.hidden,
-            "temperature": self.temperature,
             "normalize": self.normalize,
-            "l2": self.l2,
-            "name": self.name,
+            "tower": self.tower,
+            "biases": self.biases,
+            "head": self.head,
+            "head_layers": self.head_layers,
         }

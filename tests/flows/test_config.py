@@ -59,3 +59,33 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_config_hash_changes_with_content():
     assert parse_config({}).config_hash() == parse_config({}).config_hash()
     assert parse_config({"seed": 1}).config_hash() != parse_config({"seed": 2}).config_hash()
+
+
+def test_models_section_kinds_objectives_and_their_keys():
+    cfg = parse_config({"models": [
+        {"name": "mf", "kind": "mf_mean", "objective": "rating", "embedding_dim": 8},
+        {"name": "dfm", "kind": "deepfm", "deep_layers": [16], "negatives": "popularity", "negative_ratio": 2},
+        {"name": "tt", "kind": "two_tower", "normalize": True, "temperature": 0.05},
+    ]})
+    mf, dfm, tt = cfg.models
+    assert mf.resolved_loss is None and mf.model_params() == {"embedding_dim": 8, "l2": 0.0}
+    assert mf.train_settings()["objective"] == "rating"
+    assert dfm.resolved_loss == "sampled_bce" and dfm.model_params()["deep_layers"] == [16]
+    assert dfm.train_settings()["negatives"] == "popularity" and dfm.train_settings()["negative_ratio"] == 2
+    assert tt.resolved_loss == "in_batch_softmax" and tt.model_params()["normalize"] is True
+
+
+def test_a_key_of_another_kind_or_loss_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"'models.0': model 'a': key 'tower_layers' does not apply to kind mf "
+                                          r".*it applies to kind two_tower, two_tower_dense"):
+        parse_config({"models": [{"name": "a", "kind": "mf", "tower_layers": [4]}]})
+    with pytest.raises(ConfigError, match=r"key 'negatives' does not apply .* loss sampled_bce"):
+        parse_config({"models": [{"name": "a", "kind": "two_tower", "negatives": "uniform"}]})
+    with pytest.raises(ConfigError, match=r"'loss' is for objective implicit"):
+        parse_config({"models": [{"name": "a", "kind": "fm", "objective": "rating", "loss": "sampled_bce"}]})
+    with pytest.raises(ConfigError, match=r"'models.0.kind': 'svd' \(Input should be 'mf', 'mf_mean'"):
+        parse_config({"models": [{"name": "a", "kind": "svd"}]})
+    with pytest.raises(ConfigError, match=r"'models.0.negative_ratio': 0"):
+        parse_config({"models": [{"name": "a", "kind": "gmf", "negative_ratio": 0}]})
+    with pytest.raises(ConfigError, match=r"'deep_layers' needs at least one layer"):
+        parse_config({"models": [{"name": "a", "kind": "wide_deep", "deep_layers": []}]})

@@ -54,3 +54,25 @@ def test_tf_dataset_types_and_drop_remainder(tmp_path):
     assert len(batches) == 3  # 30 rows -> 3 full batches of 8
     assert batches[0]["tags"].shape == (8, 3)
     assert batches[0]["id"].dtype.name == "int32" and batches[0]["x"].dtype.name == "float32"
+
+
+def test_one_file_splits_across_workers_by_row_group(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": np.arange(30)}), folder / "part-0.parquet", row_group_size=10)
+    files = parquet_files(str(folder))
+    assert len(files) == 1
+    shards = [np.concatenate([b["id"] for b in iter_batches(files, {"id": 0}, 4, num_shards=2, shard_index=i)])
+              for i in range(2)]
+    # Row groups 0 and 2 go to worker 0, row group 1 to worker 1.
+    assert sorted(shards[0].tolist()) == list(range(10)) + list(range(20, 30))
+    assert sorted(shards[1].tolist()) == list(range(10, 20))
+
+
+def test_repeat_reads_the_shard_again_with_a_new_shuffle(tmp_path):
+    files = parquet_files(_write(tmp_path))
+    ds = make_dataset(files, {"id": 0}, 10, shuffle=True, seed=3, repeat=True, drop_remainder=True)
+    batches = [b["id"].numpy() for b in ds.take(6)]     # two passes over 30 rows
+    first, second = np.concatenate(batches[:3]), np.concatenate(batches[3:])
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(30))
+    assert first.tolist() != second.tolist()

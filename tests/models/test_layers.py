@@ -60,3 +60,48 @@ def test_in_batch_softmax_loss_matches_numpy():
     logits = u @ v.T / 0.5 - log_q[None, :]
     log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     assert got == pytest.approx(-np.mean(np.diag(log_softmax)), rel=1e-5)
+
+
+def test_linear_side_is_sum_of_field_embeddings_plus_linear_continuous():
+    from models.layers import LinearSide
+
+    layer = LinearSide(SIDE, output_dim=3)
+    inputs = {
+        "user_idx": np.array([2, 4]),
+        "user_gender": np.array([3, 1]),
+        "user_tags": np.array([[2, 5, -1], [-1, -1, -1]]),
+        "user_age": np.array([2.0, -1.0], dtype=np.float32),
+    }
+    out = np.asarray(layer(inputs))
+    t = {n: tab.embeddings.numpy() for n, tab in layer.embed.tables.items()}
+    a = layer.dense.kernel.numpy()
+    expected = np.stack([
+        t["user_idx"][2] + t["user_gender"][3] + (t["user_tags"][2] + t["user_tags"][5]) / 2 + 2.0 * a[0],
+        t["user_idx"][4] + t["user_gender"][1] + 0.0 - 1.0 * a[0],
+    ])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_field_vectors_scale_continuous_vectors_by_the_value():
+    from models.layers import FieldVectors
+
+    layer = FieldVectors(SIDE, embedding_dim=2)
+    inputs = {"user_idx": np.array([2]), "user_gender": np.array([3]), "user_tags": np.array([[4, -1, -1]]),
+              "user_age": np.array([3.0], dtype=np.float32)}
+    out = np.asarray(layer(inputs))
+    assert out.shape == (1, 4, 2)                       # id, gender, tags, age
+    np.testing.assert_allclose(out[0, 3], 3.0 * layer.continuous_vectors.numpy()[0], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 2], layer.embed.tables["user_tags"].embeddings.numpy()[4], rtol=1e-6)
+
+
+def test_id_dropout_replaces_ids_by_the_unseen_index_only_in_training():
+    layer = SideEmbedding(SIDE, embedding_dim=2, use_features=False, id_dropout=0.5, seed=3)
+    ids = np.arange(2, 5).repeat(200)
+    inputs = {"user_idx": ids}
+    eval_out = np.asarray(layer(inputs))
+    table = layer.tables["user_idx"].embeddings.numpy()
+    np.testing.assert_allclose(eval_out, table[ids])
+    train_out = np.asarray(layer(inputs, training=True))
+    dropped = np.all(train_out == 0.0, axis=1)          # the unseen row starts at zero
+    assert 0.4 < dropped.mean() < 0.6
+    np.testing.assert_allclose(train_out[~dropped], table[ids[~dropped]])

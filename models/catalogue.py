@@ -1,0 +1,133 @@
+"""In-memory side tables (the item catalogue, a block of users) and negative sampling.
+
+A side table is small next to the examples (one row per item, or per user
+of a block), so it is read whole: the model inputs of every row, in id
+order, beside the source ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from models.data import parquet_files, read_columns, side_columns, to_feed
+from models.layers import RESERVED_ROWS
+
+
+@dataclasses.dataclass
+class SideTable:
+    """Rows of one side sorted by id.
+
+    Attributes:
+        ids: [n] the source ids (pyarrow array, ascending).
+        columns: input column -> [n] or [n, max_len] numpy array (model dtypes).
+    """
+
+    ids: pa.Array
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The model inputs of the given row positions."""
+        return {n: a[rows] for n, a in self.columns.items()}
+
+    def positions(self, ids) -> np.ndarray:
+        """Row position of each id ([m] int64; -1 where the id is not in the table)."""
+        values = np.asarray(pa.array(ids, type=self.ids.type).to_numpy(zero_copy_only=False))
+        keys = np.asarray(self.ids.to_numpy(zero_copy_only=False))
+        if len(keys) == 0:
+            return np.full(len(values), -1, dtype=np.int64)
+        pos = np.searchsorted(keys, values)
+        pos = np.minimum(pos, len(keys) - 1)
+        return np.where(keys[pos] == values, pos, -1).astype(np.int64)
+
+
+def read_side_table(path: str, side_spec: Mapping, id_col: str, *, unique: bool = True) -> SideTable:
+    """Read a side feature table (``user_features`` / ``item_features`` Parquet) sorted by ``id_col``.
+
+    Args:
+        path: Parquet folder or file with ``id_col`` and the side's input columns.
+        side_spec: the side's feature spec.
+        id_col: ``user_id`` or ``item_id``.
+        unique: keep the first row of each id (an examples table repeats them).
+
+    Returns:
+        SideTable in ascending id order.
+    """
+    files = parquet_files(path)
+    columns = side_columns(side_spec)
+    ids = pa.concat_arrays([pq.read_table(f, columns=[id_col]).column(0).combine_chunks() for f in files])
+    values = to_feed(read_columns(files, columns))
+    if ids.null_count:
+        raise ValueError(f"{path}: column {id_col} has {ids.null_count} null ids; every row needs an id")
+    order = np.asarray(pc.array_sort_indices(ids))  # a stable sort
+    ids = ids.take(pa.array(order))
+    values = {n: a[order] for n, a in values.items()}
+    if unique and len(ids):
+        keys = np.asarray(ids.to_numpy(zero_copy_only=False))
+        first = np.concatenate([[True], keys[1:] != keys[:-1]])
+        ids = ids.filter(pa.array(first))
+        values = {n: a[first] for n, a in values.items()}
+    return SideTable(ids=ids, columns=values)
+
+
+def item_counts(files: list[str], item_col: str, vocab_size: int) -> np.ndarray:
+    """Training rows per item index: [vocab_size] float64."""
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=[item_col], batch_size=65536):
+            idx = batch.column(0).to_numpy(zero_copy_only=False)
+            counts += np.bincount(idx, minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+class NegativeSampler:
+    """Samples catalogue items as negatives, inside the training step (stateless, seeded).
+
+    Candidates are the catalogue rows whose item index is a trained one
+    (index >= 2). ``mode="uniform"`` draws them with equal probability,
+    ``mode="popularity"`` in proportion to their training rows.
+
+    Args:
+        catalogue: the item side table.
+        item_col: the item index column (e.g. ``item_idx``).
+        counts: [vocab_size] training rows per item index (for "popularity").
+        mode: "uniform" or "popularity".
+        seed: the sampler's seed; each call adds its step and replica.
+    """
+
+    def __init__(self, catalogue: SideTable, item_col: str, counts: np.ndarray, mode: str = "uniform", seed: int = 0):
+        if mode not in ("uniform", "popularity"):
+            raise ValueError(f"negatives must be 'uniform' or 'popularity', got {mode!r}")
+        idx = catalogue.columns[item_col]
+        rows = np.nonzero(idx >= RESERVED_ROWS)[0]
+        if rows.size == 0:
+            raise ValueError("no catalogue item has a trained index (>= 2): nothing to sample negatives from")
+        weights = np.ones(rows.size) if mode == "uniform" else np.maximum(counts[idx[rows]], 0.0)
+        if weights.sum() <= 0:
+            weights = np.ones(rows.size)
+        cdf = np.cumsum(weights) / weights.sum()
+        #: [vocab_size] probability that one draw is each item index.
+        self.index_probability = np.zeros(max(len(counts), int(idx.max()) + 1), dtype=np.float64)
+        np.add.at(self.index_probability, idx[rows], weights / weights.sum())
+        self.mode = mode
+        self.seed = int(seed)
+        self.item_col = item_col
+        self.cdf = tf.constant(cdf, dtype=tf.float64)
+        self.columns = {n: tf.constant(a[rows]) for n, a in catalogue.columns.items()}
+
+    def sample(self, n, step, replica=0):
+        """``n`` sampled items: (input dict of [n, ...] tensors, item indices [n])."""
+        seed = tf.stack([tf.cast(self.seed, tf.int64) * 7919 + tf.cast(replica, tf.int64), tf.cast(step, tf.int64)])
+        u = tf.random.stateless_uniform([n], seed=seed, dtype=tf.float64)
+        rows = tf.minimum(tf.searchsorted(self.cdf, u, side="right", out_type=tf.int64), tf.shape(self.cdf, out_type=tf.int64)[0] - 1)
+        taken = {name: tf.gather(col, rows) for name, col in self.columns.items()}
+        return taken, taken[self.item_col]

@@ -1,0 +1,106 @@
+"""The named models, their families, formulas and hyper-parameters (no TensorFlow import).
+
+The config (``flows.config``) validates model entries against this table and
+``models.registry`` builds the Keras model of a kind from it.
+
+Notation: p_u, q_i id embeddings; x_u, z_i side features (continuous x and
+categorical fields f with embeddings E_f); psi, phi towers; v_f factorisation-
+machine field vectors; MLP(.) dense ReLU layers with a linear output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+OBJECTIVES = ("implicit", "rating")
+LOSSES = ("in_batch_softmax", "sampled_bce")
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
+
+#: Training hyper-parameters every kind accepts.
+TRAINING_PARAMS = frozenset(
+    {"objective", "epochs", "batch_size", "learning_rate", "patience", "l2", "embedding_dim", "loss"}
+)
+#: Hyper-parameters that apply only with a given implicit loss.
+LOSS_PARAMS = {
+    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives"}),
+    "sampled_bce": frozenset({"negatives", "negative_ratio"}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One named model.
+
+    Attributes:
+        family: "two_tower", "deepfm" or "ncf" (which Keras class builds it).
+        formula: the score, as documented.
+        preset: fixed constructor arguments that make the family this kind.
+        params: model hyper-parameters a config may set for this kind
+            (beyond ``TRAINING_PARAMS``).
+        default_loss: the implicit-feedback loss used unless the config says otherwise.
+    """
+
+    family: str
+    formula: str
+    preset: dict
+    params: frozenset
+    default_loss: str
+
+
+_FEATURES = frozenset({"use_id", "use_features", "id_dropout"})
+_TOWER = _FEATURES | {"tower_layers", "normalize", "biases", "dropout"}
+
+KINDS: dict[str, Kind] = {
+    "mf": Kind(
+        "two_tower", "s = p_u . q_i",
+        {"tower": "id", "biases": False, "head": "dot", "use_features": False}, frozenset(), "in_batch_softmax"),
+    "mf_mean": Kind(
+        "two_tower", "s = p_u . q_i + a_u + b_i + mu",
+        {"tower": "id", "biases": True, "head": "dot", "use_features": False}, frozenset(), "in_batch_softmax"),
+    "linear_rs": Kind(
+        "two_tower", "s = psi(u) . phi(i),  psi(u) = A x_u + sum_f E_f[x_uf]  (phi alike)",
+        {"tower": "linear", "head": "dot"}, _FEATURES | {"biases"}, "in_batch_softmax"),
+    "two_tower": Kind(
+        "two_tower", "s = psi(u) . phi(i),  psi, phi = MLP(embeddings, continuous features) [L2-normalised]",
+        {"tower": "mlp", "head": "dot"}, _TOWER, "in_batch_softmax"),
+    "two_tower_dense": Kind(
+        "two_tower", "s = rho([psi(u), phi(i)]),  rho = MLP",
+        {"tower": "mlp", "head": "dense"}, _TOWER | {"head_layers"}, "in_batch_softmax"),
+    "deepfm": Kind(
+        "deepfm",
+        "s = w0 + sum_f w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g + MLP([v_1, ..., v_F])",
+        {"fm": True, "deep": True, "wide_crosses": False}, _FEATURES | {"deep_layers", "dropout"}, "sampled_bce"),
+    "fm": Kind(
+        "deepfm", "s = w0 + sum_f w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g",
+        {"fm": True, "deep": False, "wide_crosses": False}, _FEATURES, "sampled_bce"),
+    "wide_deep": Kind(
+        "deepfm", "s = w0 + sum_f w_f x_f + sum_{(a,b) crossed} w_ab[x_ua, z_ib] + MLP([v_1, ..., v_F])",
+        {"fm": False, "deep": True, "wide_crosses": True},
+        _FEATURES | {"deep_layers", "dropout", "crosses", "cross_buckets"}, "sampled_bce"),
+    "gmf": Kind(
+        "ncf", "s = h . (p_u * q_i) + b",
+        {"gmf": True, "mlp": False, "additive": False, "use_features": False}, frozenset(), "sampled_bce"),
+    "mlp_ncf": Kind(
+        "ncf", "s = MLP([s_u, t_i])  (s_u, t_i: id and feature embeddings)",
+        {"gmf": False, "mlp": True, "additive": False}, _FEATURES | {"mlp_layers", "dropout"}, "sampled_bce"),
+    "ancf": Kind(
+        "ncf", "s = p_u . q_i + f([s_u, t_i]),  f = MLP",
+        {"gmf": False, "mlp": True, "additive": True}, _FEATURES | {"mlp_layers", "dropout"}, "sampled_bce"),
+    "neumf": Kind(
+        "ncf", "s = phi([p_u * q_i, psi([s_u, t_i])]),  phi linear, psi = MLP",
+        {"gmf": True, "mlp": True, "additive": False}, _FEATURES | {"mlp_layers", "dropout"}, "sampled_bce"),
+}
+
+
+def applicable(kind: str, loss: str | None) -> frozenset:
+    """Every config key a model of ``kind`` may set (with ``loss`` for implicit feedback)."""
+    info = KINDS[kind]
+    keys = TRAINING_PARAMS | info.params
+    if loss is not None:
+        keys = keys | LOSS_PARAMS[loss]
+    return keys
+
+
+def kinds_with(param: str) -> list[str]:
+    """The kinds a model hyper-parameter applies to (for error messages)."""
+    return sorted(k for k, info in KINDS.items() if param in info.params)

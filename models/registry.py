@@ -1,0 +1,45 @@
+"""Build the Keras model of a named kind (see ``models.kinds``), and load saved ones."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import keras
+
+from models.deepfm import DeepFMModel
+from models.kinds import KINDS
+from models.ncf import NCFModel
+from models.two_tower import TwoTowerModel
+
+FAMILY_CLASSES = {"two_tower": TwoTowerModel, "deepfm": DeepFMModel, "ncf": NCFModel}
+
+#: config key -> constructor argument, where they differ.
+_ARGUMENT_NAMES = {"tower_layers": "hidden"}
+
+
+def build_model(kind: str, spec: Mapping, *, output_bias: float = 0.0, **params):
+    """A fresh model of ``kind`` for the input ``spec``.
+
+    Args:
+        kind: a name in ``models.kinds.KINDS``.
+        spec: the feature stage's model input spec.
+        output_bias: initial global bias (mean training rating for the rating objective).
+        **params: the kind's hyper-parameters (config names, e.g. ``tower_layers``).
+
+    Returns:
+        A ``models.base.RecommenderModel``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(sorted(KINDS))}")
+    info = KINDS[kind]
+    unknown = sorted(set(params) - set(info.params) - {"embedding_dim", "l2"})
+    if unknown:
+        raise ValueError(f"{kind}: hyper-parameters {', '.join(unknown)} do not apply to this kind")
+    args = {_ARGUMENT_NAMES.get(k, k): v for k, v in params.items()}
+    args.update(info.preset)
+    return FAMILY_CLASSES[info.family](dict(spec), kind=kind, output_bias=output_bias, **args)
+
+
+def load_model(path: str) -> keras.Model:
+    """Load a saved nightrec model (importing this module registers every custom class)."""
+    return keras.models.load_model(path)

@@ -1,0 +1,152 @@
+"""Exhaustive scoring of any model, block by block, and the top-K of every user.
+
+This is the simple, exact path for every model (the non-factorised ones
+included): item parts are computed once for the whole catalogue, then each
+block of users is scored against every block of items with
+``model.pair_scores(..., cross=True)``, seen items are set to -inf before
+selection, and ``tf.math.top_k`` picks the K best (equal scores: the lower
+catalogue position, i.e. the lower item id, first). Factorised models can
+instead be scored from embedding tables by ``jobs.scoring``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import tensorflow as tf
+
+
+def _rows(columns: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {n: a[start:stop] for n, a in columns.items()}
+
+
+def _concat_parts(chunks: list[dict]) -> dict:
+    return {k: tf.concat([c[k] for c in chunks], axis=0) for k in chunks[0]}
+
+
+class BlockScorer:
+    """Scores blocks of users against the whole catalogue.
+
+    Args:
+        model: a ``models.base.RecommenderModel``.
+        item_columns: the catalogue's model inputs ([n_items, ...] arrays), in catalogue order.
+        item_block: items combined with a user block at once (bounds the
+            [users, items, hidden] memory of non-factorised models).
+    """
+
+    def __init__(self, model, item_columns: Mapping[str, np.ndarray], item_block: int = 4096):
+        self.model = model
+        self.item_block = int(item_block)
+        n_items = len(next(iter(item_columns.values())))
+        self.n_items = n_items
+        chunks = [self._item_parts(_rows(item_columns, s, s + 8192)) for s in range(0, n_items, 8192)]
+        self.item_parts = _concat_parts(chunks) if chunks else {}
+
+    @tf.function(reduce_retracing=True)
+    def _item_parts(self, inputs):
+        return self.model.item_parts(inputs)
+
+    @tf.function(reduce_retracing=True)
+    def _user_parts(self, inputs):
+        return self.model.user_parts(inputs)
+
+    @tf.function(reduce_retracing=True)
+    def _cross(self, user, item):
+        return self.model.pair_scores(user, item, cross=True)
+
+    def scores(self, user_columns: Mapping[str, np.ndarray]) -> tf.Tensor:
+        """[n_users, n_items] float32 scores of the given user rows."""
+        user = self._user_parts(dict(user_columns))
+        blocks = []
+        for start in range(0, self.n_items, self.item_block):
+            item = {k: v[start : start + self.item_block] for k, v in self.item_parts.items()}
+            blocks.append(self._cross(user, item))
+        return tf.concat(blocks, axis=1)
+
+
+def mask_seen(scores: tf.Tensor, seen: Sequence[np.ndarray]) -> tf.Tensor:
+    """Set ``scores[r, seen[r]]`` to -inf: [n, m] -> [n, m]."""
+    lengths = [len(s) for s in seen]
+    if sum(lengths) == 0:
+        return scores
+    rows = np.repeat(np.arange(len(seen)), lengths)
+    cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in seen])
+    index = tf.constant(np.stack([rows, cols], axis=1), dtype=tf.int64)
+    return tf.tensor_scatter_nd_update(scores, index, tf.fill([len(rows)], tf.constant(-np.inf, scores.dtype)))
+
+
+def top_k_blocks(
+    model,
+    user_columns: Mapping[str, np.ndarray],
+    item_columns: Mapping[str, np.ndarray],
+    seen: Sequence[np.ndarray],
+    k: int,
+    *,
+    user_block: int = 512,
+    item_block: int = 4096,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Top-``k`` unseen catalogue positions of every user row, one block of users at a time.
+
+    Args:
+        model: a ``models.base.RecommenderModel``.
+        user_columns: the users' model inputs ([n_users, ...] arrays).
+        item_columns: the catalogue's model inputs, in catalogue order.
+        seen: per user row, catalogue positions to exclude.
+        k: items per user.
+
+    Yields:
+        (first user row of the block, positions [b, k'] int64, scores [b, k'] float32),
+        k' = min(k, n_items); a position is -1 where fewer than k' items were unseen.
+    """
+    scorer = BlockScorer(model, item_columns, item_block=item_block)
+    n_users = len(seen)
+    kk = min(int(k), scorer.n_items)
+    for start in range(0, n_users, user_block):
+        stop = min(start + user_block, n_users)
+        scores = mask_seen(scorer.scores(_rows(user_columns, start, stop)), seen[start:stop])
+        values, positions = tf.math.top_k(scores, k=kk, sorted=True)
+        values = values.numpy()
+        positions = np.where(np.isfinite(values), positions.numpy().astype(np.int64), -1)
+        yield start, positions, values
+
+
+def recommend(
+    model,
+    users,
+    catalogue,
+    seen: Sequence[np.ndarray],
+    k: int,
+    *,
+    user_block: int = 512,
+    item_block: int = 4096,
+) -> pa.Table:
+    """Top-``k`` recommendations of every user of a side table, as an Arrow table.
+
+    Args:
+        model: a ``models.base.RecommenderModel``.
+        users: ``models.catalogue.SideTable`` of the users to score.
+        catalogue: ``SideTable`` of the items (catalogue order = ascending item id).
+        seen: per user row, catalogue positions to exclude.
+        k: recommendations per user.
+
+    Returns:
+        Table[user_id, rank: int32 (1..), item_id, score: float32], ordered by
+        user row then rank; a user gets fewer than k rows only when fewer
+        unseen items exist.
+    """
+    parts = []
+    for start, positions, values in top_k_blocks(model, users.columns, catalogue.columns, seen, k,
+                                                 user_block=user_block, item_block=item_block):
+        rows, ranks = np.nonzero(positions >= 0)
+        parts.append(pa.table({
+            "user_id": users.ids.take(pa.array(start + rows)),
+            "rank": pa.array((ranks + 1).astype(np.int32)),
+            "item_id": catalogue.ids.take(pa.array(positions[rows, ranks])),
+            "score": pa.array(values[rows, ranks].astype(np.float32)),
+        }))
+    if not parts:
+        return pa.table({"user_id": users.ids.slice(0, 0), "rank": pa.array([], pa.int32()),
+                         "item_id": catalogue.ids.slice(0, 0), "score": pa.array([], pa.float32())})
+    return pa.concat_tables(parts)
