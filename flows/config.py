@@ -105,6 +105,7 @@ class ModelConfig(_Section):
     cross_buckets: int = Field(1 << 17, ge=1)
     temperature: float = Field(0.1, gt=0)
     log_q: bool = True
+    extra_negatives: int = Field(0, ge=0)
     negatives: Literal[NEGATIVE_SAMPLERS] = "uniform"  # type: ignore[valid-type]
     negative_ratio: int = Field(4, ge=1)
     epochs: int = Field(8, ge=1)
@@ -175,7 +176,8 @@ class ModelConfig(_Section):
         return {
             "objective": self.objective, "loss": self.resolved_loss, "epochs": self.epochs,
             "batch_size": self.batch_size, "learning_rate": self.learning_rate, "patience": self.patience,
-            "temperature": self.temperature, "log_q": self.log_q, "negatives": self.negatives,
+            "temperature": self.temperature, "log_q": self.log_q, "extra_negatives": self.extra_negatives,
+            "negatives": self.negatives,
             "negative_ratio": self.negative_ratio,
         }
 

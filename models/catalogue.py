@@ -128,6 +128,7 @@ class NegativeSampler:
         """``n`` sampled items: (input dict of [n, ...] tensors, item indices [n])."""
         seed = tf.stack([tf.cast(self.seed, tf.int64) * 7919 + tf.cast(replica, tf.int64), tf.cast(step, tf.int64)])
         u = tf.random.stateless_uniform([n], seed=seed, dtype=tf.float64)
-        rows = tf.minimum(tf.searchsorted(self.cdf, u, side="right", out_type=tf.int64), tf.shape(self.cdf, out_type=tf.int64)[0] - 1)
+        last = tf.shape(self.cdf, out_type=tf.int64)[0] - 1
+        rows = tf.minimum(tf.searchsorted(self.cdf, u, side="right", out_type=tf.int64), last)
         taken = {name: tf.gather(col, rows) for name, col in self.columns.items()}
         return taken, taken[self.item_col]

@@ -85,8 +85,8 @@ class DeepFMModel(RecommenderModel):
             self.item_fields = FieldVectors(spec["item"], embedding_dim, name="item_fields", **common)
         if self.deep:
             self.deep_first = SplitDense(self.deep_layers[0], self.user_fields.n_fields * self.embedding_dim,
-                                         self.item_fields.n_fields * self.embedding_dim, name="deep_first")
-            self.deep_rest = MLP(self.deep_layers[1:], 1, dropout=dropout, name="deep_rest")
+                                         self.item_fields.n_fields * self.embedding_dim, l2=l2, name="deep_first")
+            self.deep_rest = MLP(self.deep_layers[1:], 1, dropout=dropout, l2=l2, name="deep_rest")
         if self.crosses:
             self._check_crosses()
             self.cross_weights = CrossedWeights(self.cross_buckets, l2=l2, name="crosses")

@@ -64,10 +64,10 @@ class NCFModel(RecommenderModel):
             side = dict(use_id=use_id, use_features=use_features, l2=l2, id_dropout=id_dropout)
             self.user_mlp = SideEmbedding(spec["user"], embedding_dim, name="user_mlp", **side)
             self.item_mlp = SideEmbedding(spec["item"], embedding_dim, name="item_mlp", **side)
-            self.mlp_first = SplitDense(self.mlp_layers[0], self.user_mlp.output_width, self.item_mlp.output_width,
-                                        name="mlp_first")
+            self.mlp_first = SplitDense(self.mlp_layers[0], self.user_mlp.output_width,
+                                        self.item_mlp.output_width, l2=l2, name="mlp_first")
             linear_out = not self.gmf  # mlp_ncf / ancf: the MLP ends in the score; neumf: phi does
-            self.mlp_rest = MLP(self.mlp_layers[1:], 1 if linear_out else None, dropout=dropout,
+            self.mlp_rest = MLP(self.mlp_layers[1:], 1 if linear_out else None, dropout=dropout, l2=l2,
                                 output_bias=output_bias, name="mlp_rest")
             if self.gmf:
                 self.phi = keras.layers.Dense(1, use_bias=False, name="phi_mlp")

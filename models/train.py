@@ -158,14 +158,14 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
 
 
-def _holdout(settings: TrainSettings, spec, holdout_path, examples_path, item_features_path):
+def _holdout(settings: TrainSettings, spec, holdout_path, examples_path, catalogue_path):
     if holdout_path is None:
         return None
     if settings.objective == "rating":
         return RatingHoldout(holdout_path, spec)
-    if item_features_path is None:
+    if catalogue_path is None:
         raise ValueError("a ranking holdout needs item_features_path (the catalogue to rank)")
-    return RankingHoldout(holdout_path, examples_path, item_features_path, spec, k=settings.eval_k,
+    return RankingHoldout(holdout_path, examples_path, catalogue_path, spec, k=settings.eval_k,
                           max_users=settings.eval_max_users, seed=settings.seed)
 
 
@@ -179,6 +179,7 @@ def train_model(
     model_params: Mapping | None = None,
     item_features_path: str | None = None,
     holdout_path: str | None = None,
+    holdout_catalogue_path: str | None = None,
     feature_state_json: str | None = None,
     strategy: tf.distribute.Strategy | None = None,
     log: Callable[[str], None] = print,
@@ -198,6 +199,8 @@ def train_model(
             negatives and by the ranking holdout).
         holdout_path: Parquet holdout examples for the per-epoch metric and
             early stopping (None: train all epochs).
+        holdout_catalogue_path: the items the ranking holdout ranks (default:
+            ``item_features_path``), e.g. only new items for a cold-start check.
         feature_state_json: the fitted feature state, saved beside the model.
         strategy: tf.distribute strategy (default: the current one).
         log: receives one progress line per epoch.
@@ -237,7 +240,7 @@ def train_model(
         expected = expected + extra * sampler.index_probability
     log_q = tf.constant(np.log(expected).astype(np.float32))
     output_bias = _mean_rating(files) if settings.objective == "rating" else 0.0
-    holdout = _holdout(settings, spec, holdout_path, examples_path, item_features_path)
+    holdout = _holdout(settings, spec, holdout_path, examples_path, holdout_catalogue_path or item_features_path)
 
     with strategy.scope():
         model = build_model(kind, spec, output_bias=output_bias, **dict(model_params or {}))
@@ -318,7 +321,8 @@ def train_model(
             record["holdout"] = metrics
             value = metrics[holdout.name]
             improved = best_value is None or (value > best_value if holdout.higher_is_better else value < best_value)
-            line += f", holdout {holdout.name}{'@' + str(settings.eval_k) if holdout.name == 'ndcg' else ''} {value:.4f}"
+            label = f"{holdout.name}@{settings.eval_k}" if holdout.name == "ndcg" else holdout.name
+            line += f", holdout {label} {value:.4f}"
             if improved:
                 best_value = value
         if improved:

@@ -72,7 +72,7 @@ class Tower(keras.layers.Layer):
         else:
             dim = self.output_dim if mode == "id" else self.embedding_dim
             self.embed = SideEmbedding(side_spec, dim, name="features", **common)
-        self.mlp = MLP(self.hidden, self.output_dim, dropout=dropout, name="mlp") if mode == "mlp" else None
+        self.mlp = MLP(self.hidden, self.output_dim, dropout=dropout, l2=l2, name="mlp") if mode == "mlp" else None
 
     def call(self, inputs, training=False):
         x = self.embed(inputs, training=training)
@@ -155,8 +155,10 @@ class TwoTowerModel(RecommenderModel):
             self.global_bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.output_bias),
                                                name="global_bias")
         if self.head == "dense":
-            self.rho_first = SplitDense(self.head_layers[0], self.embedding_dim, self.embedding_dim, name="rho_first")
-            self.rho_rest = MLP(self.head_layers[1:], 1, dropout=dropout, output_bias=output_bias, name="rho_rest")
+            self.rho_first = SplitDense(self.head_layers[0], self.embedding_dim, self.embedding_dim, l2=l2,
+                                        name="rho_first")
+            self.rho_rest = MLP(self.head_layers[1:], 1, dropout=dropout, l2=l2, output_bias=output_bias,
+                                name="rho_rest")
 
     @property
     def factorised(self) -> bool:

@@ -5,6 +5,7 @@ import json
 import os
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
@@ -110,3 +111,64 @@ def test_work_folder_is_cleaned(run):
     warehouse, _, _ = run
     runs = os.listdir(warehouse / "_work" / f"ds={DS}") if (warehouse / "_work" / f"ds={DS}").exists() else []
     assert runs == []
+
+
+MULTI = {
+    **TINY,
+    "models": [
+        {"name": "ratings", "kind": "mf_mean", "objective": "rating", "embedding_dim": 4, "epochs": 2,
+         "batch_size": 128},
+        {"name": "dfm", "kind": "deepfm", "embedding_dim": 4, "deep_layers": [8], "epochs": 1, "batch_size": 128,
+         "negative_ratio": 2},
+    ],
+    "publish": {"k": K, "refit_on_full": False},
+}
+
+
+@pytest.fixture(scope="module")
+def multi_run(spark, prefect_server, tmp_path_factory):
+    from flows.nightly import nightly
+
+    warehouse = tmp_path_factory.mktemp("warehouse_multi")
+    summary = nightly(ds=DS, config={**MULTI, "warehouse": str(warehouse)})
+    return warehouse, summary
+
+
+def test_several_models_are_trained_evaluated_and_published(multi_run):
+    from models.registry import load_model
+
+    warehouse, summary = multi_run
+    rated = set(zip(_events_through_ds().user_id, _events_through_ds().item_id))
+    for name in ("ratings", "dfm"):
+        recs = pd.read_parquet(warehouse / "recommendations" / f"ds={DS}" / f"model={name}")
+        assert set(recs.user_id) == set(range(1, 151)) and (recs.groupby("user_id").size() == K).all()
+        assert not any((u, i) in rated for u, i in zip(recs.user_id, recs.item_id))
+    metrics = pd.read_parquet(warehouse / "metrics" / f"ds={DS}")
+    rating_rows = metrics[metrics.metric.isin(["rmse", "mae"])]
+    assert set(rating_rows.model) == {"ratings"} and set(rating_rows.scorer) == {"model"}
+    assert rating_rows.k.isna().all() and (rating_rows.value > 0).all()
+    assert set(metrics[metrics.model == "dfm"].metric) == {"precision", "recall", "ndcg", "map"}
+    assert summary["metrics"]["ratings"]["rating"]["rows"] > 0
+    ratings_dir = warehouse / "models" / f"ds={DS}" / "model=ratings"
+    dfm_dir = warehouse / "models" / f"ds={DS}" / "model=dfm"
+    for folder in (ratings_dir, dfm_dir):
+        assert (folder / "model.keras").exists() and (folder / "feature_state.json").exists()
+    assert (ratings_dir / "user_embeddings.parquet").exists()          # factorised: embedding tables
+    assert not (dfm_dir / "user_embeddings.parquet").exists()          # DeepFM: scored in process
+
+    # The published DeepFM scores are the model's own scores of those (user, item) pairs.
+    model = load_model(str(dfm_dir / "model.keras"))
+    users = pd.read_parquet(warehouse / "user_features" / f"ds={DS}").set_index("user_id")
+    items = pd.read_parquet(warehouse / "item_features" / f"ds={DS}").set_index("item_id")
+    recs = pd.read_parquet(warehouse / "recommendations" / f"ds={DS}" / "model=dfm")
+    sample = recs[recs["rank"].isin([1, K])].head(6)
+    batch = {}
+    for side, table, ids in (("user", users, sample.user_id), ("item", items, sample.item_id)):
+        rows = table.loc[ids.to_numpy()]
+        for column in model.input_names(side):
+            values = rows[column].to_numpy()
+            if values.dtype == object:                          # multi-valued: pad with -1
+                width = max(e["max_len"] for e in model.spec[side]["multi_categorical"] if e["name"] == column)
+                values = np.array([list(v)[:width] + [-1] * (width - len(v)) for v in values])
+            batch[column] = values.astype(np.float32 if values.dtype.kind == "f" else np.int32)
+    np.testing.assert_allclose(np.asarray(model(batch)), sample.score.to_numpy(), rtol=1e-4, atol=1e-5)
