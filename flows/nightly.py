@@ -313,9 +313,10 @@ def _maybe_read(spark, path: str) -> DataFrame | None:
     return spark.read.parquet(path) if os.path.exists(path) or "://" in path else None
 
 
-def _scoring_kwargs(settings: ScoringConfig | None) -> dict[str, int]:
+def _scoring_kwargs(spark, settings: ScoringConfig | None) -> dict[str, int]:
     settings = settings or ScoringConfig()
     return {
+        "partitions": 2 * spark.sparkContext.defaultParallelism,
         "block_rows": settings.block_rows,
         "item_block_bytes": settings.item_block_mb * 2**20,
         "group_width": settings.group_width,
@@ -342,7 +343,7 @@ def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users:
     sources = scoring.assign_sources(users, spark.read.parquet(user_features_path), state)
     by_model = sources.where(F.col("source") != "popularity").join(user_emb, on="user_id", how="inner")
     rows = by_model.join(seen, on="user_id", how="left")
-    model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, **_scoring_kwargs(settings))
+    model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, **_scoring_kwargs(spark, settings))
     rest = sources.select("user_id").join(by_model.select("user_id"), on="user_id", how="left_anti")
     pop = _popularity_recs(spark, seen_events, rest, embeddings["item"], k, settings=settings)
     return model_recs.unionByName(pop)
@@ -367,7 +368,7 @@ def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_embeddings
         .withColumn("embedding", F.array(F.lit(1.0).cast("float")))
         .withColumn("source", F.lit("popularity"))
     )
-    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, **_scoring_kwargs(settings))
+    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, **_scoring_kwargs(spark, settings))
 
 
 # -- the flow ------------------------------------------------------------------------------

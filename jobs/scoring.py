@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -75,7 +76,7 @@ def _spark_type(array: pa.Array) -> str:
     raise TypeError(f"item ids of Arrow type {array.type} are not supported; use integer or string ids")
 
 
-def _matrix_of(column: pa.Array, dim: int, ids: pa.Array, what: str) -> np.ndarray:
+def float_matrix(column: pa.Array, dim: int, ids: pa.Array, what: str) -> np.ndarray:
     """A list<float> column of length-``dim`` rows -> [n, dim] float32, checked."""
     n = len(column)
     lengths = column.value_lengths().fill_null(-1).to_numpy(zero_copy_only=False)
@@ -94,7 +95,7 @@ def _matrix_of(column: pa.Array, dim: int, ids: pa.Array, what: str) -> np.ndarr
     return values
 
 
-def _list_offsets(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def list_offsets(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A nullable list<int> column -> (offsets [n + 1] from 0, values), nulls as empty lists."""
     lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -178,6 +179,11 @@ class BlockScorer:
         topk.mask_positions(scores, seen_offsets, seen_pos, col_offset=self.col_offset)
         return topk.select_top_k(scores, self.k, group_width=self.group_width, col_offset=self.col_offset)
 
+    def top_k_batch(self, batch: pa.RecordBatch):
+        """``top_k`` of an Arrow batch [user_id, embedding, seen_pos, ...] of up to block_rows users."""
+        emb = float_matrix(batch.column("embedding"), self.dim, batch.column("user_id"), "user embeddings")
+        return self.top_k(emb, *list_offsets(batch.column("seen_pos")))
+
 
 def score_block(user_emb: np.ndarray, item_matrix: np.ndarray, seen: list[np.ndarray], k: int):
     """Top-k unseen items of a block of users (in-process, one item block).
@@ -197,20 +203,15 @@ def score_block(user_emb: np.ndarray, item_matrix: np.ndarray, seen: list[np.nda
     return scorer.top_k(np.asarray(user_emb, np.float32), offsets, positions)
 
 
-def _score_arrow_batches(
-    batches: Iterator[pa.RecordBatch], scorer: BlockScorer, item_ids: pa.Array | None
-) -> Iterator[pa.RecordBatch]:
+def _score_arrow_batches(batches: Iterator[pa.RecordBatch], scorer, item_ids: pa.Array | None) -> Iterator[pa.RecordBatch]:
     """users batches -> recommendation batches (with item ids) or candidate batches (positions)."""
     with _blas_single_thread():
         for big in batches:
             for start in range(0, big.num_rows, scorer.block_rows):
                 batch = big.slice(start, scorer.block_rows)
-                user_ids = batch.column("user_id")
-                emb = _matrix_of(batch.column("embedding"), scorer.dim, user_ids, "user embeddings")
-                offsets, seen = _list_offsets(batch.column("seen_pos"))
-                rows, pos, vals = scorer.top_k(emb, offsets, seen)
+                rows, pos, vals = scorer.top_k_batch(batch)
                 take = pa.array(rows)
-                head = [user_ids.take(take)]
+                head = [batch.column("user_id").take(take)]
                 tail = [pa.array(vals, type=pa.float32()), batch.column("source").take(take)]
                 if item_ids is None:
                     yield pa.RecordBatch.from_arrays(
@@ -224,6 +225,69 @@ def _score_arrow_batches(
                     )
 
 
+def score_in_spark(
+    rows: DataFrame,
+    item_ids: pa.Array,
+    blocks: list[tuple[int, Any]],
+    build_scorer: Callable[[Any, int], Any],
+    *,
+    k: int,
+    user_id_type: str | None = None,
+    partitions: int | None = None,
+) -> DataFrame:
+    """Top-K of every user row, one ``mapInArrow`` pass per item block, merged exactly.
+
+    Args:
+        rows: DataFrame[user_id, source, seen_pos, and the columns the scorer reads].
+        item_ids: [m] catalogue ids, unique and ascending.
+        blocks: (first catalogue position, payload) of each item block; each
+            payload is broadcast on its own.
+        build_scorer: ``build_scorer(payload, first_position)`` -> a scorer
+            with ``block_rows`` and ``top_k_batch(batch) -> (rows, positions, scores)``
+            (see ``BlockScorer``); it runs once per task.
+        k: recommendations per user.
+        user_id_type: Spark SQL type of user_id (default: read from ``rows``).
+        partitions: repartition the users into this many tasks first (after
+            joins, adaptive execution may coalesce a small table into one
+            partition, i.e. one core); None keeps the input's partitions.
+
+    Returns:
+        DataFrame[user_id, rank: int (1..), item_id, score: float, source: string].
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    item_ids = item_ids.cast(pa.string()) if pa.types.is_large_string(item_ids.type) else item_ids
+    spark = rows.sparkSession
+    user_type = user_id_type or dict(rows.dtypes)["user_id"]
+    if partitions:
+        rows = rows.repartition(partitions)
+    if len(blocks) == 1:
+        payload = spark.sparkContext.broadcast((item_ids, blocks[0][1]))
+
+        def score_all(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            ids, items = payload.value
+            yield from _score_arrow_batches(batches, build_scorer(items, 0), ids)
+
+        schema = f"user_id {user_type}, rank int, item_id {_spark_type(item_ids)}, score float, source string"
+        return rows.mapInArrow(score_all, schema)
+
+    candidates = None
+    for lo, block_payload in blocks:
+        block = spark.sparkContext.broadcast(block_payload)
+
+        def score_one_block(batches, block=block, lo=lo):
+            yield from _score_arrow_batches(batches, build_scorer(block.value, lo), None)
+
+        part = rows.mapInArrow(score_one_block, f"user_id {user_type}, pos int, score float, source string")
+        candidates = part if candidates is None else candidates.unionByName(part)
+    by_user = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("pos").asc())
+    best = candidates.withColumn("rank", F.row_number().over(by_user)).where(F.col("rank") <= k)
+    catalogue = F.broadcast(catalogue_frame(spark, item_ids))
+    return best.join(catalogue, on="pos").select(
+        "user_id", F.col("rank").cast("int").alias("rank"), "item_id", "score", "source"
+    )
+
+
 def top_k_for_users(
     users: DataFrame,
     item_ids: pa.Array,
@@ -234,8 +298,9 @@ def top_k_for_users(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     item_block_bytes: int = DEFAULT_ITEM_BLOCK_BYTES,
     group_width: int = topk.DEFAULT_GROUP_WIDTH,
+    partitions: int | None = None,
 ) -> DataFrame:
-    """Exhaustive top-K of every user row against the whole catalogue.
+    """Exhaustive top-K of every user row against the whole catalogue (factorised models).
 
     Args:
         users: DataFrame[user_id, embedding: array<float> (length d),
@@ -249,48 +314,21 @@ def top_k_for_users(
         item_block_bytes: largest item matrix broadcast as one block; a larger
             catalogue is scored block by block and the top-Ks merged.
         group_width: first-level group width of the selection (``jobs.topk``).
+        partitions: see ``score_in_spark``.
 
     Returns:
         DataFrame[user_id, rank: int (1..), item_id, score: float, source: string]:
         min(k, unseen items) rows per user, best first, ties to the lower item id.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     matrix = check_catalogue(item_ids, item_matrix)
-    item_ids = item_ids.cast(pa.string()) if pa.types.is_large_string(item_ids.type) else item_ids
-    spark = users.sparkSession
-    user_type = user_id_type or dict(users.dtypes)["user_id"]
-    item_type = _spark_type(item_ids)
+    spans = item_blocks(len(item_ids), matrix.shape[1], item_block_bytes, group_width)
+    blocks = [(lo, matrix[lo:hi]) for lo, hi in spans]
+
+    def build_scorer(items: np.ndarray, lo: int) -> BlockScorer:
+        return BlockScorer(items, k, block_rows=block_rows, col_offset=lo, group_width=group_width)
+
     rows = users.select("user_id", "embedding", "seen_pos", "source")
-    blocks = item_blocks(len(item_ids), matrix.shape[1], item_block_bytes, group_width)
-    settings = dict(block_rows=block_rows, group_width=group_width)
-
-    if len(blocks) == 1:
-        payload = spark.sparkContext.broadcast((item_ids, matrix))
-
-        def score_all(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            ids, items = payload.value
-            yield from _score_arrow_batches(batches, BlockScorer(items, k, **settings), ids)
-
-        schema = f"user_id {user_type}, rank int, item_id {item_type}, score float, source string"
-        return rows.mapInArrow(score_all, schema)
-
-    candidates = None
-    for lo, hi in blocks:
-        block = spark.sparkContext.broadcast(matrix[lo:hi])
-
-        def score_one_block(batches, block=block, lo=lo):
-            scorer = BlockScorer(block.value, k, col_offset=lo, **settings)
-            yield from _score_arrow_batches(batches, scorer, None)
-
-        part = rows.mapInArrow(score_one_block, f"user_id {user_type}, pos int, score float, source string")
-        candidates = part if candidates is None else candidates.unionByName(part)
-    by_user = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("pos").asc())
-    best = candidates.withColumn("rank", F.row_number().over(by_user)).where(F.col("rank") <= k)
-    catalogue = F.broadcast(catalogue_frame(spark, item_ids))
-    return best.join(catalogue, on="pos").select(
-        "user_id", F.col("rank").cast("int").alias("rank"), "item_id", "score", "source"
-    )
+    return score_in_spark(rows, item_ids, blocks, build_scorer, k=k, user_id_type=user_id_type, partitions=partitions)
 
 
 # -- Spark-side inputs ---------------------------------------------------------------------
@@ -355,11 +393,12 @@ def embed_rows(
 
 def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndarray]:
     """An embeddings DataFrame[id_col, embedding] -> (ids ascending, [n, d] float32) on the driver."""
-    table = frame.orderBy(id_col).toArrow()
-    ids = table.column(id_col).combine_chunks()
-    column = table.column("embedding").combine_chunks()
+    table = frame.select(id_col, "embedding").toArrow()
+    order = pc.sort_indices(table.column(id_col))
+    ids = table.column(id_col).take(order).combine_chunks()
+    column = table.column("embedding").take(order).combine_chunks()
     dim = int(column.value_lengths()[0].as_py()) if len(column) else 0
-    return ids, _matrix_of(column, dim, ids, "item embeddings")
+    return ids, float_matrix(column, dim, ids, "item embeddings")
 
 
 # -- cold start ----------------------------------------------------------------------------
