@@ -106,14 +106,23 @@ class PairHead:
     layers: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
     out_w: np.ndarray | None = None
     out_b: float = 0.0
+    _scratch: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A reused float32 work array (fresh large arrays cost page faults on every call)."""
+        size = int(np.prod(shape))
+        if self._scratch.get(name) is None or self._scratch[name].size < size:
+            self._scratch[name] = np.empty(size, np.float32)
+        return self._scratch[name][:size].reshape(shape)
 
     def _deep(self, first: np.ndarray) -> np.ndarray:
-        """relu(first) through the MLP and the output weights: [r, H1] -> [r]."""
-        h = np.maximum(first, 0.0, out=first)
-        for weights, bias in self.layers:
-            h = h @ weights
+        """relu(first) through the MLP and the output weights, in place: [r, H1] -> [r]."""
+        # ReLU against a row of zeros: twice as fast as against the scalar 0 in NumPy 2.4.
+        h = np.maximum(first, np.zeros(first.shape[1], np.float32), out=first)
+        for number, (weights, bias) in enumerate(self.layers):
+            h = np.matmul(h, weights, out=self._buffer(f"layer{number}", (h.shape[0], weights.shape[1])))
             h += bias
-            np.maximum(h, 0.0, out=h)
+            np.maximum(h, np.zeros(h.shape[1], np.float32), out=h)
         return h @ self.out_w
 
     def cross(self, user: Parts, item: Parts) -> np.ndarray:
@@ -121,7 +130,8 @@ class PairHead:
         if user.dot.shape[1]:
             logits += user.dot @ item.dot.T
         if self.out_w is not None:
-            first = user.hidden[:, None, :] + item.hidden[None, :, :]  # [n, m, H1]
+            first = self._buffer("first", (len(user), len(item), user.hidden.shape[1]))
+            np.add(user.hidden[:, None, :], item.hidden[None, :, :], out=first)
             logits += self._deep(first.reshape(-1, first.shape[-1])).reshape(logits.shape)
         return logits.astype(np.float32, copy=False)
 
@@ -154,8 +164,8 @@ def exhaustive_top_k(
     seen_offsets: np.ndarray,
     seen_pos: np.ndarray,
     *,
-    user_block: int = 32,
-    item_block: int = 1024,
+    user_block: int = 8,
+    item_block: int = 512,
     group_width: int = topk.DEFAULT_GROUP_WIDTH,
     col_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -288,8 +298,8 @@ def top_k_decomposed_for_users(
     model: PairModel,
     *,
     k: int,
-    block_rows: int = 32,
-    item_block: int = 1024,
+    block_rows: int = 8,
+    item_block: int = 512,
     item_block_bytes: int = scoring.DEFAULT_ITEM_BLOCK_BYTES,
     group_width: int = topk.DEFAULT_GROUP_WIDTH,
     partitions: int | None = None,
