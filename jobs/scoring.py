@@ -40,7 +40,6 @@ from jobs import topk
 from jobs.features import FIRST_INDEX, FeatureState
 
 RECOMMENDATION_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
-SOURCES = ("model", "features", "popularity")
 
 DEFAULT_BLOCK_ROWS = 128
 DEFAULT_ITEM_BLOCK_BYTES = 256 * 2**20
@@ -77,21 +76,21 @@ def _spark_type(array: pa.Array) -> str:
 
 
 def float_matrix(column: pa.Array, dim: int, ids: pa.Array, what: str) -> np.ndarray:
-    """A list<float> column of length-``dim`` rows -> [n, dim] float32, checked."""
+    """A list<float> column of length-``dim`` rows -> [n, dim] float32, checked (``what`` names it in errors)."""
     n = len(column)
     lengths = column.value_lengths().fill_null(-1).to_numpy(zero_copy_only=False)
     if n and (lengths != dim).any():
         bad = int(np.nonzero(lengths != dim)[0][0])
         found = "null" if lengths[bad] < 0 else f"length {lengths[bad]}"
         raise ValueError(
-            f"{what}: id {ids[bad].as_py()!r} has a {found} embedding, expected length {dim} "
-            f"(the item matrix's width); embed users and items with the same model"
+            f"{what}: id {ids[bad].as_py()!r} has a {found} vector, expected length {dim} "
+            f"(the width of the item side); score users and items of the same model"
         )
     values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         bad = int(np.nonzero(~finite)[0][0])
-        raise ValueError(f"{what}: id {ids[bad].as_py()!r} has a NaN or infinite embedding value; fix the model output")
+        raise ValueError(f"{what}: id {ids[bad].as_py()!r} has a NaN or infinite value; fix the model output")
     return values
 
 
@@ -241,7 +240,8 @@ def score_in_spark(
         rows: DataFrame[user_id, source, seen_pos, and the columns the scorer reads].
         item_ids: [m] catalogue ids, unique and ascending.
         blocks: (first catalogue position, payload) of each item block; each
-            payload is broadcast on its own.
+            payload is broadcast on its own, and with several blocks ``rows``
+            is computed once per block (cache it if it is expensive).
         build_scorer: ``build_scorer(payload, first_position)`` -> a scorer
             with ``block_rows`` and ``top_k_batch(batch) -> (rows, positions, scores)``
             (see ``BlockScorer``); it runs once per task.

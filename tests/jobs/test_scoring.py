@@ -69,7 +69,7 @@ def test_bad_inputs_name_the_problem(spark):
         scoring.top_k_for_users(users, pa.array([2, 1]), np.ones((2, 2), np.float32), k=1)
     with pytest.raises(ValueError, match="item 1 has a NaN"):
         scoring.top_k_for_users(users, pa.array([1, 2]), np.array([[np.nan, 0], [0, 0]], np.float32), k=1)
-    with pytest.raises(Exception, match="id 1 has a length 2 embedding, expected length 3"):
+    with pytest.raises(Exception, match="id 1 has a length 2 vector, expected length 3"):
         scoring.top_k_for_users(users, pa.array([1, 2]), np.ones((2, 3), np.float32), k=1).collect()
 
 
