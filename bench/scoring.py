@@ -111,7 +111,7 @@ def nightrec_job(spark, users_path: str, items_path: str, out: str, k: int, seen
     """Embeddings on disk -> top-K recommendations on disk."""
     from pyspark.sql import functions as F
 
-    item_ids, item_matrix = scoring.collect_embeddings(spark.read.parquet(items_path), "item_id")
+    item_ids, item_matrix = scoring.load_embeddings(spark, items_path, "item_id")
     users = spark.read.parquet(users_path).withColumn("source", F.lit("model"))
     partitions = None
     if seen_path:

@@ -336,7 +336,7 @@ def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users:
     """
     state_path = embeddings["feature_state"]
     state = features.FeatureState.from_json(Warehouse(spark, state_path.rsplit("/", 1)[0]).read_text(state_path))
-    item_ids, item_matrix = scoring.collect_embeddings(spark.read.parquet(embeddings["item"]), "item_id")
+    item_ids, item_matrix = scoring.load_embeddings(spark, embeddings["item"], "item_id")
     catalogue = scoring.catalogue_frame(spark, item_ids)
     seen = scoring.seen_positions(seen_events, catalogue)
     user_emb = spark.read.parquet(embeddings["user"])
@@ -356,8 +356,7 @@ def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_embeddings
     Returns:
         DataFrame[user_id, rank, item_id, score (the item's event count), source = "popularity"].
     """
-    item_ids = spark.read.parquet(item_embeddings).select("item_id").orderBy("item_id").toArrow().column(0)
-    item_ids = item_ids.combine_chunks()
+    item_ids, _ = scoring.load_embeddings(spark, item_embeddings, "item_id")
     catalogue = scoring.catalogue_frame(spark, item_ids)
     counts = events.join(F.broadcast(catalogue), on="item_id").groupBy("pos").count().toArrow()
     matrix = np.zeros((len(item_ids), 1), dtype=np.float32)

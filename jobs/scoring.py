@@ -391,14 +391,31 @@ def embed_rows(
     return features.select(id_col, *columns).mapInArrow(embed_partition, f"{id_col} {id_type}, embedding array<float>")
 
 
-def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndarray]:
-    """An embeddings DataFrame[id_col, embedding] -> (ids ascending, [n, d] float32) on the driver."""
-    table = frame.select(id_col, "embedding").toArrow()
+def _sorted_matrix(table: pa.Table, id_col: str, what: str) -> tuple[pa.Array, np.ndarray]:
     order = pc.sort_indices(table.column(id_col))
     ids = table.column(id_col).take(order).combine_chunks()
     column = table.column("embedding").take(order).combine_chunks()
     dim = int(column.value_lengths()[0].as_py()) if len(column) else 0
-    return ids, float_matrix(column, dim, ids, "item embeddings")
+    return ids, float_matrix(column, dim, ids, what)
+
+
+def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndarray]:
+    """An embeddings DataFrame[id_col, embedding] -> (ids ascending, [n, d] float32) on the driver."""
+    return _sorted_matrix(frame.select(id_col, "embedding").toArrow(), id_col, "item embeddings")
+
+
+def load_embeddings(spark: SparkSession, path: str, id_col: str) -> tuple[pa.Array, np.ndarray]:
+    """An embeddings Parquet folder [id_col, embedding] -> (ids ascending, [n, d] float32) on the driver.
+
+    A local folder is read by pyarrow directly (a Spark job would cost ~1 s
+    of the scoring job's ~3); any other URI goes through Spark.
+    """
+    if "://" in path and not path.startswith("file://"):
+        return collect_embeddings(spark.read.parquet(path), id_col)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path.removeprefix("file://"), columns=[id_col, "embedding"])
+    return _sorted_matrix(table, id_col, f"{path}: embeddings")
 
 
 # -- cold start ----------------------------------------------------------------------------

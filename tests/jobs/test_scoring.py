@@ -130,6 +130,17 @@ def test_embed_rows_with_a_saved_tower_matches_the_tower(spark, tmp_path):
     np.testing.assert_allclose(matrix, direct, rtol=1e-5, atol=1e-6)
 
 
+def test_load_embeddings_sorts_by_id(spark, tmp_path):
+    frame = spark.createDataFrame([("b", [1.0, 2.0]), ("c", [5.0, 6.0]), ("a", [3.0, 4.0])],
+                                  "item_id string, embedding array<float>").repartition(2)
+    path = str(tmp_path / "item_embeddings.parquet")
+    frame.write.parquet(path)  # a folder with _SUCCESS and .crc files beside the parts
+    for where in (path, "file://" + path):
+        ids, matrix = scoring.load_embeddings(spark, where, "item_id")
+        assert ids.to_pylist() == ["a", "b", "c"]
+        assert matrix.tolist() == [[3.0, 4.0], [1.0, 2.0], [5.0, 6.0]]
+
+
 def test_assign_sources(spark):
     state = FeatureState(
         user_vocab=[1, 2], item_vocab=[], vocabs={}, scalers={},
