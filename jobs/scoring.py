@@ -203,25 +203,33 @@ def score_block(user_emb: np.ndarray, item_matrix: np.ndarray, seen: list[np.nda
 
 
 def _score_arrow_batches(batches: Iterator[pa.RecordBatch], scorer, item_ids: pa.Array | None) -> Iterator[pa.RecordBatch]:
-    """users batches -> recommendation batches (with item ids) or candidate batches (positions)."""
+    """users batches -> recommendation batches (with item ids) or candidate batches (positions).
+
+    Users are scored ``scorer.block_rows`` at a time; the results of one input
+    batch leave as one output batch (the JVM pays per batch, not per row).
+    """
     with _blas_single_thread():
-        for big in batches:
-            for start in range(0, big.num_rows, scorer.block_rows):
-                batch = big.slice(start, scorer.block_rows)
-                rows, pos, vals = scorer.top_k_batch(batch)
-                take = pa.array(rows)
-                head = [batch.column("user_id").take(take)]
-                tail = [pa.array(vals, type=pa.float32()), batch.column("source").take(take)]
-                if item_ids is None:
-                    yield pa.RecordBatch.from_arrays(
-                        head + [pa.array(pos.astype(np.int32))] + tail, names=["user_id", "pos", "score", "source"]
-                    )
-                else:
-                    rank = topk.rank_within_rows(rows, batch.num_rows) + 1
-                    yield pa.RecordBatch.from_arrays(
-                        head + [pa.array(rank.astype(np.int32)), item_ids.take(pa.array(pos))] + tail,
-                        names=list(RECOMMENDATION_COLUMNS),
-                    )
+        for batch in batches:
+            found = []
+            for start in range(0, batch.num_rows, scorer.block_rows):
+                rows, pos, vals = scorer.top_k_batch(batch.slice(start, scorer.block_rows))
+                found.append((rows + start, pos, vals))
+            if not found:
+                continue
+            rows, pos, vals = (np.concatenate(parts) for parts in zip(*found))
+            take = pa.array(rows)
+            head = [batch.column("user_id").take(take)]
+            tail = [pa.array(vals, type=pa.float32()), batch.column("source").take(take)]
+            if item_ids is None:
+                yield pa.RecordBatch.from_arrays(
+                    head + [pa.array(pos.astype(np.int32))] + tail, names=["user_id", "pos", "score", "source"]
+                )
+            else:
+                rank = topk.rank_within_rows(rows, batch.num_rows) + 1
+                yield pa.RecordBatch.from_arrays(
+                    head + [pa.array(rank.astype(np.int32)), item_ids.take(pa.array(pos))] + tail,
+                    names=list(RECOMMENDATION_COLUMNS),
+                )
 
 
 def score_in_spark(
