@@ -13,6 +13,8 @@
     size (all cores, no selection, nothing written).
 (d) the decomposed non-factorised head (``jobs.decomposed``, DeepFM-shaped)
     at a smaller size.
+(e) the top-K selection alone on one [256, items] score block, one thread:
+    nightrec's two-level selection beside np.argpartition and tf.math.top_k.
 
 Figures are medians of ``--repeats`` timed runs after one warm-up run (Python
 workers started, JIT warm). The machine may be shared: the load average is
@@ -37,6 +39,7 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # (e) imports TensorFlow
 
 from jobs import decomposed, scoring  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
@@ -169,6 +172,31 @@ def deepfm_parts(rng: np.random.Generator, n: int, fm_dim: int, first: int) -> d
     )
 
 
+def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, repeats: int) -> str:
+    """ns per score of three exact top-k selections on one [256, n_items] block, one thread."""
+    import tensorflow as tf
+
+    from jobs import topk
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    rows = 256
+    width = topk.padded_width(n_items)
+    scores = np.full((rows, width), -np.inf, np.float32)
+    scores[:, :n_items] = rng.standard_normal((rows, dim), dtype=np.float32) @ rng.standard_normal(
+        (n_items, dim), dtype=np.float32).T
+    candidates = {
+        "two-level (nightrec)": lambda: topk.select_top_k(scores, k),
+        "np.argpartition": lambda: np.argpartition(-scores, k - 1, axis=1),
+        "tf.math.top_k": lambda: tf.math.top_k(scores, k),
+    }
+    figures = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name, run in candidates.items():
+            seconds, _, _ = timed(run, max(repeats, 5))
+            figures.append(f"{name} {seconds / (rows * width) * 1e9:.2f}")
+    return ", ".join(figures)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=50_000)
@@ -242,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"deepfm    decomposed exhaustive top-{k}, DeepFM-shaped head (FM dot {fm_dim}, deep {list(hidden)} -> 1; "
               f"{head.flops_per_pair(fm_dim):,} FLOPs/pair), U={du:,} I={di:,}, one process, one core: "
               f"{dfm / (du * di) * 1e9:.1f} ns/pair")
+
+        print(f"select    top-{k} of one [256, {I:,}] block, one thread, ns per score: "
+              f"{selection_figures(rng, I, d, k, args.repeats)}")
 
         print(f"ratios    ALS / nightrec = {b / a:.1f}x wall, {b_cpu / a_cpu:.1f}x CPU "
               f"(target >= 7x: {'met' if b / a >= 7 else 'MISSED'}); nightrec / floor = {a / c:.1f}x wall, "
