@@ -329,3 +329,64 @@ def top_k_decomposed_for_users(
 
     rows = users.select("user_id", *PART_COLUMNS, "seen_pos", "source")
     return scoring.score_in_spark(rows, item_ids, blocks, build_scorer, k=k, partitions=partitions)
+
+
+class TwoStageScorer:
+    """Retrieves by embedding and ranks by a pair model, for Arrow batches of users (``score_in_spark``)."""
+
+    def __init__(self, item_matrix: np.ndarray, item: Parts, model: PairModel, k: int, n_retrieve: int, *,
+                 block_rows: int, group_width: int):
+        self.item_matrix, self.item, self.model, self.k, self.n_retrieve = item_matrix, item, model, k, n_retrieve
+        self.block_rows, self.group_width = block_rows, group_width
+
+    def top_k_batch(self, batch: pa.RecordBatch):
+        ids = batch.column("user_id")
+        emb = scoring.float_matrix(batch.column("embedding"), self.item_matrix.shape[1], ids, "user embeddings")
+        user = parts_of_batch(batch, self.item.dot.shape[1], self.item.hidden.shape[1])
+        return two_stage_top_k(emb, self.item_matrix, user, self.item, self.model, self.k, self.n_retrieve,
+                               *scoring.list_offsets(batch.column("seen_pos")), block_rows=self.block_rows,
+                               group_width=self.group_width)
+
+
+def top_k_two_stage_for_users(
+    users: DataFrame,
+    item_ids: pa.Array,
+    item_matrix: np.ndarray,
+    item: Parts,
+    model: PairModel,
+    *,
+    k: int,
+    n_retrieve: int = 200,
+    block_rows: int = scoring.DEFAULT_BLOCK_ROWS,
+    item_block_bytes: int = scoring.DEFAULT_ITEM_BLOCK_BYTES,
+    group_width: int = topk.DEFAULT_GROUP_WIDTH,
+    partitions: int | None = None,
+) -> DataFrame:
+    """Two-stage top-K in Spark: exhaustive two-tower retrieval of ``n_retrieve`` items, ranked by ``model``.
+
+    Args:
+        users: DataFrame[user_id, embedding: array<float>, bias: float, dot: array<float>,
+            hidden: array<float>, seen_pos: array<int> (nullable), source: string].
+        item_ids: [m] catalogue ids, unique and ascending; ``item_matrix`` [m, d]
+            their two-tower embeddings and ``item`` their ranking-model parts, same order.
+        n_retrieve: candidates per user from the retrieval stage.
+        item_block_bytes: the item embeddings and parts are broadcast whole;
+            larger catalogues are refused (use ``top_k_decomposed_for_users``).
+
+    Returns:
+        DataFrame[user_id, rank, item_id, score (the ranking model's logit), source].
+    """
+    matrix = scoring.check_catalogue(item_ids, item_matrix)
+    if matrix.nbytes + item.nbytes > item_block_bytes:
+        raise ValueError(
+            f"two-stage scoring broadcasts the whole catalogue ({(matrix.nbytes + item.nbytes) / 2**20:.0f} MiB), "
+            f"more than the item block budget ({item_block_bytes / 2**20:.0f} MiB); raise scoring.item_block_mb "
+            f"or score exhaustively"
+        )
+
+    def build_scorer(payload, lo: int) -> TwoStageScorer:
+        items, parts, pair_model = payload
+        return TwoStageScorer(items, parts, pair_model, k, n_retrieve, block_rows=block_rows, group_width=group_width)
+
+    rows = users.select("user_id", "embedding", *PART_COLUMNS, "seen_pos", "source")
+    return scoring.score_in_spark(rows, item_ids, [(0, (matrix, item, model))], build_scorer, k=k, partitions=partitions)

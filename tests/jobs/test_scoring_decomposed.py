@@ -109,7 +109,7 @@ def test_flops_per_pair_counted_by_hand(deepfm):
     assert decomposed.PairHead().flops_per_pair(16) == 35  # FM / MF only: dot + bias adds
 
 
-def test_two_stage_retrieves_by_embedding_then_ranks_by_the_model(deepfm):
+def test_two_stage_retrieves_by_embedding_then_ranks_by_the_model(spark, deepfm):
     model, plain = deepfm
     rng = np.random.default_rng(4)
     user_emb = rng.standard_normal((13, 3)).astype(np.float32)
@@ -123,9 +123,24 @@ def test_two_stage_retrieves_by_embedding_then_ranks_by_the_model(deepfm):
         ranked = np.full(40, -np.inf)
         ranked[[c for c, _ in candidates]] = plain[u, [c for c, _ in candidates]]
         expected.append([c for c, _ in reference_top_k(ranked[None], 4)[0]])
-    rows, pos, vals = decomposed.two_stage_top_k(user_emb, item_emb, model.user_parts(13), model.item_parts(40),
-                                                 model.head(), 4, 9, *seen_arrays(seen_lists), block_rows=5)
+    users, items = model.user_parts(13), model.item_parts(40)
+    rows, pos, vals = decomposed.two_stage_top_k(user_emb, item_emb, users, items, model.head(), 4, 9,
+                                                 *seen_arrays(seen_lists), block_rows=5)
     assert [[c for c, _ in r] for r in as_lists(rows, pos, vals, 13)] == expected
+    frame = spark.createDataFrame(
+        [(u, user_emb[u].tolist(), float(users.bias[u]), users.dot[u].tolist(), users.hidden[u].tolist(),
+          seen_lists[u].tolist() or None, "model") for u in range(13)],
+        "user_id int, embedding array<float>, bias float, dot array<float>, hidden array<float>, "
+        "seen_pos array<int>, source string")
+    recs = decomposed.top_k_two_stage_for_users(frame.repartition(2), pa.array(np.arange(40)), item_emb, items,
+                                                model.head(), k=4, n_retrieve=9)
+    got = {}
+    for r in sorted(recs.collect(), key=lambda r: (r.user_id, r.rank)):
+        got.setdefault(r.user_id, []).append(r.item_id)
+    assert got == dict(enumerate(expected))
+    with pytest.raises(ValueError, match="more than the item block budget"):
+        decomposed.top_k_two_stage_for_users(frame, pa.array(np.arange(40)), item_emb, items, model.head(), k=4,
+                                             item_block_bytes=1024)
     with pytest.raises(ValueError, match="k=10 must not exceed"):
         decomposed.two_stage_top_k(user_emb, item_emb, model.user_parts(13), model.item_parts(40), model.head(),
                                    10, 9, *seen_arrays(seen_lists))
