@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
 
         a4, _, a4_cpu = timed(lambda: nightrec_job(spark, users_4x, items_path, out, k, None), args.repeats)
         print(f"nightrec  at 4x users (U={4 * U:,}): {a4 / (4 * pairs) * 1e9:.2f} ns/pair "
-              f"({a4:.2f} s = {a4 / a:.2f}x the 1x time, CPU {a4_cpu / a_cpu:.2f}x; linear is 4.00x)")
+              f"({a4:.2f} s = {a4 / a:.2f}x the 1x time, CPU {a4_cpu / a_cpu:.2f}x; linear is 4.00x); "
+              f"the extra 3x{pairs:,} pairs cost {(a4 - a) / (3 * pairs) * 1e9:.2f} ns/pair wall, "
+              f"{(a4_cpu - a_cpu) / (3 * pairs) * 1e9:.2f} CPU-ns/pair")
 
         model = als_model(spark, U, I, d, seed=0)
         als_out = os.path.join(tmp, "als")
