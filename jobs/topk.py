@@ -2,7 +2,8 @@
 
 ``np.argpartition`` over every score costs ~5-20 ns per element on this
 hardware, more than the matrix product that made the scores. nightrec selects
-in two levels instead, which is exact and reads each score about twice:
+in two levels instead, which is exact and reads each score once, plus about
+K x w of them again per row:
 
 1. The columns of a row are dealt into ``G = m / w`` strided groups
    (group ``g`` holds columns ``g, g + G, g + 2G, ...``), so the group maxima
@@ -28,8 +29,8 @@ import numpy as np
 NEG_INF = np.float32(-np.inf)
 _LOWEST = np.finfo(np.float32).min
 
-# Measured on the 2-core box (bench/scoring.py, 256 x 20,480 block): 16 -> 0.64,
-# 32 -> 0.57, 64 -> 0.63, 128 -> 0.72 ns per score for the whole selection.
+# Whole selection, one thread, a [256, 20,480] block of scores, K = 10, on the 2-core
+# box: width 16 -> 0.64, 32 -> 0.57, 64 -> 0.63, 128 -> 0.72 ns per score.
 DEFAULT_GROUP_WIDTH = 32
 
 
