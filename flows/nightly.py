@@ -12,6 +12,7 @@ final publish tasks, each partition atomically.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from flows.config import ModelConfig, NightrecConfig, load_config, parse_config
+from flows.config import ModelConfig, NightrecConfig, ScoringConfig, load_config, parse_config
 from flows.runtime import spark_for
 from jobs import evaluate, features, scoring, sources, split, synthetic
 from jobs.ingest import ingest_interactions
@@ -164,20 +165,31 @@ def train_task(cfg: NightrecConfig, model_cfg: ModelConfig, paths: RunPaths, win
 
 @task(name="embed", cache_policy=NO_CACHE)
 def embed_task(cfg: NightrecConfig, paths: RunPaths, window: str, model_dir: str) -> dict[str, str]:
-    """User and item embedding tables of a trained two-tower model."""
-    from models.export import embed_side, embeddings_table
-    from models.train import MODEL_FILE, load_model
+    """User and item embeddings of a trained two-tower model, computed in Spark.
 
-    import pyarrow.parquet as pq
+    Each Python worker loads the tower once; the tables land beside the model
+    as Parquet folders ``{side}_embeddings.parquet`` (``{side}_id``, ``embedding``).
+    """
+    from models.data import side_columns
+    from models.export import side_embedder
+    from models.train import MODEL_FILE
 
-    model = load_model(os.path.join(model_dir, MODEL_FILE))
-    out = {}
-    for side, tower in (("user", model.user_tower), ("item", model.item_tower)):
-        ids, emb = embed_side(tower, paths.work(window, f"{side}_features"), model.spec[side], f"{side}_id")
-        order = pc.sort_indices(ids)
-        table = embeddings_table(ids.take(order), emb[order.to_numpy()], f"{side}_id")
+    spark = spark_for(cfg)
+    state_path = paths.work(window, "feature_state.json")
+    spec = features.FeatureState.from_json(Warehouse(spark, paths.root).read_text(state_path)).model_spec()
+    model_path = os.path.abspath(os.path.join(model_dir, MODEL_FILE))
+    model_key = f"{model_path}@{os.path.getmtime(model_path)}"
+    out = {"feature_state": state_path}
+    for side in ("user", "item"):
+        emb = scoring.embed_rows(
+            spark.read.parquet(paths.work(window, f"{side}_features")),
+            id_col=f"{side}_id",
+            columns=list(side_columns(spec[side])),
+            build_embedder=functools.partial(side_embedder, model_path, side),
+            cache_key=f"{model_key}:{side}",
+        )
         path = os.path.join(model_dir, f"{side}_embeddings.parquet")
-        pq.write_table(table, path)
+        emb.write.mode("overwrite").parquet(path)
         out[side] = path
     return out
 
@@ -206,13 +218,16 @@ def evaluate_task(cfg: NightrecConfig, paths: RunPaths, model_cfg: ModelConfig, 
 
 @task(name="score", cache_policy=NO_CACHE)
 def score_task(cfg: NightrecConfig, paths: RunPaths, model_cfg: ModelConfig, embeddings: dict[str, str], window: str) -> str:
-    """Exhaustive top-K for every user, items rated up to ds excluded."""
+    """Exhaustive top-K for every user, items rated up to ds excluded; ``source`` says how."""
     spark = spark_for(cfg)
     events = spark.read.parquet(paths.work("raw", "interactions"))
     all_users = spark.read.parquet(paths.work(window, "user_features")).select("user_id")
-    recs = _recommend(spark, embeddings, events, all_users, paths.work(window, "user_features"), cfg.publish.k)
+    recs = _recommend(spark, embeddings, events, all_users, paths.work(window, "user_features"), cfg.publish.k,
+                      settings=cfg.scoring)
     out = paths.work("recommendations", model_cfg.name)
     recs.write.mode("overwrite").parquet(out)
+    counts = {r["source"]: int(r["count"]) for r in spark.read.parquet(out).groupBy("source").count().collect()}
+    _log(f"score[{model_cfg.name}]: {sum(counts.values()):,} rows, by source {counts}")
     return out
 
 
@@ -298,56 +313,61 @@ def _maybe_read(spark, path: str) -> DataFrame | None:
     return spark.read.parquet(path) if os.path.exists(path) or "://" in path else None
 
 
-def _load_embeddings(path: str, id_col: str) -> tuple[pa.Array, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    ids = table.column(id_col).combine_chunks()
-    emb_col = table.column("embedding").combine_chunks()
-    dim = len(emb_col[0]) if len(emb_col) else 0
-    return ids, emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), dim)
+def _scoring_kwargs(spark, settings: ScoringConfig | None) -> dict[str, int]:
+    settings = settings or ScoringConfig()
+    return {
+        "partitions": 2 * spark.sparkContext.defaultParallelism,
+        "block_rows": settings.block_rows,
+        "item_block_bytes": settings.item_block_mb * 2**20,
+        "group_width": settings.group_width,
+    }
 
 
 def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users: DataFrame,
-               user_features_path: str, k: int) -> DataFrame:
-    """Model top-K for ``users`` (known ids: source "model"; features only: "features")."""
-    item_ids, item_matrix = _load_embeddings(embeddings["item"], "item_id")
+               user_features_path: str, k: int, *, settings: ScoringConfig | None = None) -> DataFrame:
+    """Top-K for ``users``, items in ``seen_events`` excluded.
+
+    Known users are scored from their embedding (source "model"), users
+    without history from the embedding of their side features ("features"),
+    users with nothing usable by popularity ("popularity").
+
+    Returns:
+        DataFrame[user_id, rank, item_id, score, source].
+    """
+    state_path = embeddings["feature_state"]
+    state = features.FeatureState.from_json(Warehouse(spark, state_path.rsplit("/", 1)[0]).read_text(state_path))
+    item_ids, item_matrix = scoring.load_embeddings(spark, embeddings["item"], "item_id")
     catalogue = scoring.catalogue_frame(spark, item_ids)
     seen = scoring.seen_positions(seen_events, catalogue)
     user_emb = spark.read.parquet(embeddings["user"])
-    idx = spark.read.parquet(user_features_path).select("user_id", "user_idx")
-    rows = (
-        users.join(user_emb, on="user_id", how="inner")
-        .join(idx, on="user_id", how="left")
-        .join(seen, on="user_id", how="left")
-        .withColumn(
-            "source",
-            F.when(F.col("user_idx") >= features.FIRST_INDEX, F.lit("model")).otherwise(F.lit("features")),
-        )
-    )
-    user_type = dict(user_emb.dtypes)["user_id"]
-    model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, user_id_type=user_type)
-    missing = users.join(user_emb.select("user_id"), on="user_id", how="left_anti")
-    pop = _popularity_recs(spark, seen_events, missing, embeddings["item"], k)
+    sources = scoring.assign_sources(users, spark.read.parquet(user_features_path), state)
+    by_model = sources.where(F.col("source") != "popularity").join(user_emb, on="user_id", how="inner")
+    rows = by_model.join(seen, on="user_id", how="left")
+    model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, **_scoring_kwargs(spark, settings))
+    rest = sources.select("user_id").join(by_model.select("user_id"), on="user_id", how="left_anti")
+    pop = _popularity_recs(spark, seen_events, rest, embeddings["item"], k, settings=settings)
     return model_recs.unionByName(pop)
 
 
-def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_embeddings: str, k: int) -> DataFrame:
-    """Most-interacted catalogue items (in ``events``) per user, seen items excluded."""
-    item_ids, _ = _load_embeddings(item_embeddings, "item_id")
+def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_embeddings: str, k: int,
+                     *, settings: ScoringConfig | None = None) -> DataFrame:
+    """Most-interacted catalogue items (in ``events``) per user, seen items excluded.
+
+    Returns:
+        DataFrame[user_id, rank, item_id, score (the item's event count), source = "popularity"].
+    """
+    item_ids, _ = scoring.load_embeddings(spark, item_embeddings, "item_id")
     catalogue = scoring.catalogue_frame(spark, item_ids)
-    counts = {r["pos"]: r["count"] for r in events.join(catalogue, on="item_id").groupBy("pos").count().collect()}
+    counts = events.join(F.broadcast(catalogue), on="item_id").groupBy("pos").count().toArrow()
     matrix = np.zeros((len(item_ids), 1), dtype=np.float32)
-    for pos, count in counts.items():
-        matrix[pos, 0] = count
+    matrix[counts.column("pos").to_numpy(), 0] = counts.column("count").to_numpy()
     seen = scoring.seen_positions(events, catalogue)
     rows = (
         users.join(seen, on="user_id", how="left")
         .withColumn("embedding", F.array(F.lit(1.0).cast("float")))
         .withColumn("source", F.lit("popularity"))
     )
-    user_type = dict(users.dtypes)["user_id"]
-    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, user_id_type=user_type)
+    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, **_scoring_kwargs(spark, settings))
 
 
 # -- the flow ------------------------------------------------------------------------------

@@ -43,3 +43,33 @@ def embeddings_table(ids: pa.Array, emb: np.ndarray, id_col: str) -> pa.Table:
     dim = emb.shape[1] if emb.ndim == 2 else 0
     lists = pa.FixedSizeListArray.from_arrays(flat, dim) if dim else pa.array([[]] * len(ids), pa.list_(pa.float32()))
     return pa.table({id_col: ids, "embedding": lists.cast(pa.list_(pa.float32()))})
+
+
+def side_embedder(model_path: str, side: str):
+    """Load a saved two-tower model once and return its ``side`` tower as a record-batch embedder.
+
+    Meant to run inside a Spark Python worker (``jobs.scoring.embed_rows``).
+
+    Args:
+        model_path: the saved ``model.keras``.
+        side: ``"user"`` or ``"item"``.
+
+    Returns:
+        ``embed(batch: pyarrow.RecordBatch) -> [rows, dim] float32``; the batch
+        holds the side's input columns (``side_columns(model.spec[side])``).
+    """
+    from models.data import _to_numpy
+    from models.train import load_model
+
+    model = load_model(model_path)
+    tower = {"user": model.user_tower, "item": model.item_tower}[side]
+    columns = side_columns(model.spec[side])
+
+    def embed(batch: pa.RecordBatch) -> np.ndarray:
+        feed = {}
+        for name, pad_len in columns.items():
+            values = _to_numpy(batch.column(name), pad_len)
+            feed[name] = values.astype(np.float32 if np.issubdtype(values.dtype, np.floating) else np.int32)
+        return np.asarray(tower(feed), dtype=np.float32)
+
+    return embed
