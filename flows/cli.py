@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
 
+    if args.command == "backfill":
+        start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+        if end < start:
+            print(f"nightrec: --end {args.end} is before --start {args.start}", file=sys.stderr)
+            return 2
+
     from flows.nightly import format_summary, nightly, summary_json
 
     config = cfg.model_dump(mode="json")
@@ -67,10 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         summary = nightly(ds=args.ds, config=config)
         print(summary_json(summary) if args.json else format_summary(summary))
         return 0
-    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
-    if end < start:
-        print(f"nightrec: --end {args.end} is before --start {args.start}", file=sys.stderr)
-        return 2
     day = start
     while day <= end:
         summary = nightly(ds=day.isoformat(), config=config)

@@ -195,6 +195,14 @@ class PublishConfig(_Section):
     refit_on_full: bool = True
 
 
+class ScoringConfig(_Section):
+    """Exhaustive top-K scoring: block sizes bound the memory of each Spark task."""
+
+    block_rows: int = Field(128, ge=1)
+    item_block_mb: int = Field(256, ge=1)
+    group_width: int = Field(32, ge=1)
+
+
 class NightrecConfig(_Section):
     """The whole run configuration."""
 
@@ -207,6 +215,7 @@ class NightrecConfig(_Section):
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     keep_work_dir: bool = False
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ final publish tasks, each partition atomically.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from flows.config import ModelConfig, NightrecConfig, load_config, parse_config
+from flows.config import ModelConfig, NightrecConfig, ScoringConfig, load_config, parse_config
 from flows.runtime import spark_for
 from jobs import evaluate, features, scoring, sources, split, synthetic
 from jobs.ingest import ingest_interactions
@@ -178,16 +179,36 @@ def train_task(
 
 @task(name="embed", cache_policy=NO_CACHE)
 def embed_task(cfg: NightrecConfig, paths: RunPaths, window: str, trained: dict[str, Any]) -> dict[str, str]:
-    """User and item embedding tables of a factorised model ({} for the others)."""
-    from models.export import export_embeddings
-    from models.train import MODEL_FILE, load_model
+    """User and item embeddings of a factorised model, computed in Spark ({} for the other models).
+
+    Each Python worker loads the model once; the tables land beside the model
+    as Parquet folders ``{side}_embeddings.parquet`` (``{side}_id``,
+    ``embedding``), sorted by id; their dot product is the model's score.
+    """
+    from models.data import side_columns
+    from models.export import side_embedder
+    from models.train import MODEL_FILE
 
     if not trained["factorised"]:
         return {}
-    model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
-    return export_embeddings(
-        model, paths.work(window, "user_features"), paths.work(window, "item_features"), trained["model_dir"]
-    )
+    spark = spark_for(cfg)
+    state_path = paths.work(window, "feature_state.json")
+    spec = features.FeatureState.from_json(Warehouse(spark, paths.root).read_text(state_path)).model_spec()
+    model_path = os.path.abspath(os.path.join(trained["model_dir"], MODEL_FILE))
+    model_key = f"{model_path}@{os.path.getmtime(model_path)}"
+    out = {"feature_state": state_path}
+    for side in ("user", "item"):
+        emb = scoring.embed_rows(
+            spark.read.parquet(paths.work(window, f"{side}_features")),
+            id_col=f"{side}_id",
+            columns=list(side_columns(spec[side])),
+            build_embedder=functools.partial(side_embedder, model_path, side),
+            cache_key=f"{model_key}:{side}",
+        )
+        path = os.path.join(trained["model_dir"], f"{side}_embeddings.parquet")
+        emb.sort(f"{side}_id").write.mode("overwrite").parquet(path)
+        out[side] = path
+    return out
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -201,9 +222,9 @@ def evaluate_task(
     truth = evaluate.relevant_items(holdout, train).cache()
     holdout_users = truth.select("user_id").distinct()
     k = cfg.evaluation.k
-    recs = _recommend(spark, paths, "eval", trained, embeddings, train, holdout_users, k)
+    recs = _recommend_with(cfg, paths, "eval", trained, embeddings, train, holdout_users, k)
     model_metrics = evaluate.ranking_metrics(recs, truth, k)
-    pop = _popularity_recs(spark, train, holdout_users, _catalogue_ids(paths, "eval"), k)
+    pop = _popularity_recs(spark, train, holdout_users, _catalogue_ids(paths, "eval"), k, settings=cfg.scoring)
     pop_metrics = evaluate.ranking_metrics(pop, truth, k)
     truth.unpersist()
     result = {"k": k, "model": model_metrics, "popularity": pop_metrics}
@@ -232,13 +253,15 @@ def score_task(
     embeddings: dict[str, str],
     window: str,
 ) -> str:
-    """Exhaustive top-K for every user, items rated up to ds excluded."""
+    """Exhaustive top-K for every user, items rated up to ds excluded; ``source`` says how."""
     spark = spark_for(cfg)
     events = spark.read.parquet(paths.work("raw", "interactions"))
     all_users = spark.read.parquet(paths.work(window, "user_features")).select("user_id")
-    recs = _recommend(spark, paths, window, trained, embeddings, events, all_users, cfg.publish.k)
+    recs = _recommend_with(cfg, paths, window, trained, embeddings, events, all_users, cfg.publish.k)
     out = paths.work("recommendations", model_cfg.name)
     recs.write.mode("overwrite").parquet(out)
+    counts = {r["source"]: int(r["count"]) for r in spark.read.parquet(out).groupBy("source").count().collect()}
+    _log(f"score[{model_cfg.name}]: {sum(counts.values()):,} rows, by source {counts}")
     return out
 
 
@@ -328,14 +351,14 @@ def _maybe_read(spark, path: str) -> DataFrame | None:
     return spark.read.parquet(path) if os.path.exists(path) or "://" in path else None
 
 
-def _load_embeddings(path: str, id_col: str) -> tuple[pa.Array, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    ids = table.column(id_col).combine_chunks()
-    emb_col = table.column("embedding").combine_chunks()
-    dim = len(emb_col[0]) if len(emb_col) else 0
-    return ids, emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), dim)
+def _scoring_kwargs(spark, settings: ScoringConfig | None) -> dict[str, int]:
+    settings = settings or ScoringConfig()
+    return {
+        "partitions": 2 * spark.sparkContext.defaultParallelism,
+        "block_rows": settings.block_rows,
+        "item_block_bytes": settings.item_block_mb * 2**20,
+        "group_width": settings.group_width,
+    }
 
 
 def _catalogue_ids(paths: RunPaths, window: str) -> pa.Array:
@@ -359,42 +382,50 @@ def _holdout_examples(cfg: NightrecConfig, paths: RunPaths, window: str) -> str:
     return out
 
 
-def _with_source(users: DataFrame, user_features_path: str, spark) -> DataFrame:
-    idx = spark.read.parquet(user_features_path).select("user_id", "user_idx")
-    return users.join(idx, on="user_id", how="left").withColumn(
-        "source", F.when(F.col("user_idx") >= features.FIRST_INDEX, F.lit("model")).otherwise(F.lit("features"))
-    )
-
-
-def _recommend(spark, paths: RunPaths, window: str, trained: dict[str, Any], embeddings: dict[str, str],
-               seen_events: DataFrame, users: DataFrame, k: int) -> DataFrame:
-    """Model top-K for ``users`` (known ids: source "model"; features only: "features").
-
-    Factorised models are scored in Spark from their embedding tables
-    (``jobs.scoring``); the others block by block in this process
-    (``models.topk``). Users without a feature row get popularity.
-    """
-    user_features_path = paths.work(window, "user_features")
+def _recommend_with(cfg: NightrecConfig, paths: RunPaths, window: str, trained: dict[str, Any],
+                    embeddings: dict[str, str], seen_events: DataFrame, users: DataFrame, k: int) -> DataFrame:
+    """Top-K of a trained model for ``users``: a factorised model from its embeddings in Spark
+    (``_recommend``), any other model block by block in this process (``_recommend_in_process``)."""
+    spark = spark_for(cfg)
     if embeddings:
-        item_ids, item_matrix = _load_embeddings(embeddings["item"], "item_id")
-        catalogue = scoring.catalogue_frame(spark, item_ids)
-        seen = scoring.seen_positions(seen_events, catalogue)
-        user_emb = spark.read.parquet(embeddings["user"])
-        rows = _with_source(users.join(user_emb, on="user_id", how="inner"), user_features_path, spark)
-        rows = rows.join(seen, on="user_id", how="left")
-        user_type = dict(user_emb.dtypes)["user_id"]
-        model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, user_id_type=user_type)
-    else:
-        model_recs = _recommend_in_process(spark, paths, window, trained, seen_events, users, k)
-    known = spark.read.parquet(user_features_path).select("user_id")
-    missing = users.join(known, on="user_id", how="left_anti")
-    pop = _popularity_recs(spark, seen_events, missing, _catalogue_ids(paths, window), k)
+        return _recommend(spark, embeddings, seen_events, users, paths.work(window, "user_features"), k,
+                          settings=cfg.scoring)
+    return _recommend_in_process(spark, paths, window, trained, seen_events, users, k, settings=cfg.scoring)
+
+
+def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users: DataFrame,
+               user_features_path: str, k: int, *, settings: ScoringConfig | None = None) -> DataFrame:
+    """Top-K for ``users``, items in ``seen_events`` excluded.
+
+    Known users are scored from their embedding (source "model"), users
+    without history from the embedding of their side features ("features"),
+    users with nothing usable by popularity ("popularity").
+
+    Returns:
+        DataFrame[user_id, rank, item_id, score, source].
+    """
+    state_path = embeddings["feature_state"]
+    state = features.FeatureState.from_json(Warehouse(spark, state_path.rsplit("/", 1)[0]).read_text(state_path))
+    item_ids, item_matrix = scoring.load_embeddings(spark, embeddings["item"], "item_id")
+    catalogue = scoring.catalogue_frame(spark, item_ids)
+    seen = scoring.seen_positions(seen_events, catalogue)
+    user_emb = spark.read.parquet(embeddings["user"])
+    sources = scoring.assign_sources(users, spark.read.parquet(user_features_path), state)
+    by_model = sources.where(F.col("source") != "popularity").join(user_emb, on="user_id", how="inner")
+    rows = by_model.join(seen, on="user_id", how="left")
+    model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, **_scoring_kwargs(spark, settings))
+    rest = sources.select("user_id").join(by_model.select("user_id"), on="user_id", how="left_anti")
+    pop = _popularity_recs(spark, seen_events, rest, item_ids, k, settings=settings)
     return model_recs.unionByName(pop)
 
 
 def _recommend_in_process(spark, paths: RunPaths, window: str, trained: dict[str, Any], seen_events: DataFrame,
-                          users: DataFrame, k: int) -> DataFrame:
-    """Top-K of a non-factorised model, scored exhaustively in this process (``models.topk.recommend``)."""
+                          users: DataFrame, k: int, *, settings: ScoringConfig | None = None) -> DataFrame:
+    """Top-K of a non-factorised model, scored exhaustively in this process (``models.topk.recommend``).
+
+    Users are routed as in ``_recommend`` (``scoring.assign_sources``): the
+    model scores the "model" and "features" users, popularity the rest.
+    """
     import pyarrow.parquet as pq
 
     from models.catalogue import SideTable, read_side_table
@@ -403,39 +434,48 @@ def _recommend_in_process(spark, paths: RunPaths, window: str, trained: dict[str
 
     model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
     user_features_path = paths.work(window, "user_features")
+    state = features.FeatureState.from_json(
+        Warehouse(spark, paths.root).read_text(paths.work(window, "feature_state.json")))
+    sources = scoring.assign_sources(users, spark.read.parquet(user_features_path), state).cache()
+    by_model = sources.where(F.col("source") != "popularity")
     catalogue = read_side_table(paths.work(window, "item_features"), model.spec["item"], "item_id")
     every_user = read_side_table(user_features_path, model.spec["user"], "user_id")
-    wanted = users.select("user_id").distinct().toArrow().column(0).combine_chunks()
-    positions = every_user.positions(wanted)
+    positions = every_user.positions(by_model.select("user_id").toArrow().column(0).combine_chunks())
     rows = np.sort(positions[positions >= 0])
     chosen = SideTable(ids=every_user.ids.take(pa.array(rows)), columns=every_user.take(rows))
     seen_df = scoring.seen_positions(seen_events, scoring.catalogue_frame(spark, catalogue.ids)).toArrow()
     seen_at = dict(zip(seen_df.column("user_id").to_pylist(), seen_df.column("seen_pos").to_pylist()))
     seen = [np.asarray(seen_at.get(u) or [], dtype=np.int64) for u in chosen.ids.to_pylist()]
-    table = recommend(model, chosen, catalogue, seen, k)
     out = paths.work(window, "in_process_recommendations", trained["name"])
     os.makedirs(out, exist_ok=True)
-    pq.write_table(table, os.path.join(out, "part-0.parquet"))
-    recs = spark.read.parquet(out)
-    with_source = _with_source(recs.select("user_id").distinct(), user_features_path, spark)
-    return recs.join(with_source.select("user_id", "source"), on="user_id").select(*scoring.RECOMMENDATION_COLUMNS)
+    pq.write_table(recommend(model, chosen, catalogue, seen, k), os.path.join(out, "part-0.parquet"))
+    model_recs = spark.read.parquet(out).join(by_model, on="user_id").select(*scoring.RECOMMENDATION_COLUMNS)
+    rest = sources.where(F.col("source") == "popularity").select("user_id")
+    pop = _popularity_recs(spark, seen_events, rest, catalogue.ids, k, settings=settings)
+    return model_recs.unionByName(pop)
 
 
-def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_ids: pa.Array, k: int) -> DataFrame:
-    """Most-interacted catalogue items (in ``events``) per user, seen items excluded."""
+def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_ids: pa.Array, k: int,
+                     *, settings: ScoringConfig | None = None) -> DataFrame:
+    """Most-interacted catalogue items (in ``events``) per user, seen items excluded.
+
+    Args:
+        item_ids: the catalogue, ascending.
+
+    Returns:
+        DataFrame[user_id, rank, item_id, score (the item's event count), source = "popularity"].
+    """
     catalogue = scoring.catalogue_frame(spark, item_ids)
-    counts = {r["pos"]: r["count"] for r in events.join(catalogue, on="item_id").groupBy("pos").count().collect()}
+    counts = events.join(F.broadcast(catalogue), on="item_id").groupBy("pos").count().toArrow()
     matrix = np.zeros((len(item_ids), 1), dtype=np.float32)
-    for pos, count in counts.items():
-        matrix[pos, 0] = count
+    matrix[counts.column("pos").to_numpy(), 0] = counts.column("count").to_numpy()
     seen = scoring.seen_positions(events, catalogue)
     rows = (
         users.join(seen, on="user_id", how="left")
         .withColumn("embedding", F.array(F.lit(1.0).cast("float")))
         .withColumn("source", F.lit("popularity"))
     )
-    user_type = dict(users.dtypes)["user_id"]
-    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, user_id_type=user_type)
+    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, **_scoring_kwargs(spark, settings))
 
 
 # -- the flow ------------------------------------------------------------------------------

@@ -1,66 +1,191 @@
 """Exhaustive top-K scoring with seen-item exclusion, inside Spark.
 
-The item matrix (the whole catalogue, in item-id order) is broadcast; each
-partition of users is scored with one matrix product per block of users,
-seen items are masked to -inf *before* selection, and the top-K is selected
-with deterministic tie-breaking (equal scores: the lower item id wins).
+Factorised models (two-tower, MF): score(u, i) = <user embedding, item embedding>.
+
+* Embeddings are computed in Spark (``embed_rows``): a ``mapInArrow`` whose
+  Python workers build the tower once each (``worker_cached``) and embed one
+  Arrow batch at a time.
+* The item matrix (the catalogue in item-id order) is broadcast, split into
+  blocks of at most ``item_block_bytes`` when the catalogue is larger; each
+  block is scored by its own pass and the per-block top-Ks are merged
+  exactly by a window over users.
+* Each partition of users is scored ``block_rows`` users at a time: one matrix
+  product into a reused [block_rows, items] buffer, seen items set to -inf
+  *before* selection, then the exact two-level top-K of ``jobs.topk``
+  (equal scores: the lower item id wins).
+
+Task memory is bounded by the block sizes (the item block, the score buffer
+and one Arrow batch of ``spark.sql.execution.arrow.maxRecordsPerBatch``
+users), not by the number of users.
+
+Cold start (``assign_sources``): users known to the model are scored from
+their embedding (``source = "model"``), users without history but with side
+features from the embedding of those features (``"features"``), and users with
+nothing usable get the popularity ranking (``"popularity"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from jobs import topk
+from jobs.features import FIRST_INDEX, FeatureState
 
 RECOMMENDATION_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
 
+DEFAULT_BLOCK_ROWS = 128
+DEFAULT_ITEM_BLOCK_BYTES = 256 * 2**20
 
-def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-row top-k of a score matrix; ties go to the lower column.
+# Objects built once per Python worker process (Spark reuses workers across
+# tasks: spark.python.worker.reuse), e.g. a loaded Keras tower.
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def worker_cached(key: str, build: Callable[[], Any]) -> Any:
+    """``build()`` the first time ``key`` is asked for in this process, then the same object."""
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE[key] = build()
+    return _WORKER_CACHE[key]
+
+
+def _blas_single_thread():
+    """Context manager: one BLAS thread per Spark task (Spark runs one task per core)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+# -- Arrow helpers ------------------------------------------------------------------
+_SPARK_TYPES = {pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint"}
+
+
+def _spark_type(array: pa.Array) -> str:
+    if array.type in _SPARK_TYPES:
+        return _SPARK_TYPES[array.type]
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return "string"
+    raise TypeError(f"item ids of Arrow type {array.type} are not supported; use integer or string ids")
+
+
+def float_matrix(column: pa.Array, dim: int, ids: pa.Array, what: str) -> np.ndarray:
+    """A list<float> column of length-``dim`` rows -> [n, dim] float32, checked (``what`` names it in errors)."""
+    n = len(column)
+    lengths = column.value_lengths().fill_null(-1).to_numpy(zero_copy_only=False)
+    if n and (lengths != dim).any():
+        bad = int(np.nonzero(lengths != dim)[0][0])
+        found = "null" if lengths[bad] < 0 else f"length {lengths[bad]}"
+        raise ValueError(
+            f"{what}: id {ids[bad].as_py()!r} has a {found} vector, expected length {dim} "
+            f"(the width of the item side); score users and items of the same model"
+        )
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = int(np.nonzero(~finite)[0][0])
+        raise ValueError(f"{what}: id {ids[bad].as_py()!r} has a NaN or infinite value; fix the model output")
+    return values
+
+
+def list_offsets(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A nullable list<int> column -> (offsets [n + 1] from 0, values), nulls as empty lists."""
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return offsets, values
+
+
+def check_catalogue(item_ids: pa.Array, item_matrix: np.ndarray) -> np.ndarray:
+    """Validate the catalogue and return the matrix as float32.
 
     Args:
-        scores: [n, m] float32; -inf marks excluded entries.
-        k: how many to select per row.
-
-    Returns:
-        (columns [n, k'] int64, values [n, k'] float32) with k' = min(k, m),
-        sorted by descending value then ascending column. Excluded entries
-        (-inf) may appear at the end of a row when fewer than k remain; the
-        caller drops them.
+        item_ids: [m] ids in catalogue order, strictly increasing (so "lower
+            position wins a tie" means "lower item id wins").
+        item_matrix: [m, d] finite embeddings in the same order.
     """
-    n, m = scores.shape
-    kk = min(k, m)
-    if kk == 0:
-        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
-    if kk < m:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        threshold = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-        # Rows whose k-th value is tied with others outside the partition: redo exactly.
-        above = (scores > threshold).sum(axis=1)
-        equal = (scores == threshold).sum(axis=1)
-        tied = np.nonzero(above + equal > kk)[0]
-        cand = part
-    else:
-        cand = np.tile(np.arange(m), (n, 1))
-        tied = np.zeros(0, dtype=np.int64)
-    values = np.take_along_axis(scores, cand, axis=1)
-    order = np.lexsort((cand, -values), axis=1)
-    cols = np.take_along_axis(cand, order, axis=1)
-    vals = np.take_along_axis(values, order, axis=1)
-    for row in tied:
-        full = np.lexsort((np.arange(m), -scores[row]))[:kk]
-        cols[row] = full
-        vals[row] = scores[row, full]
-    return cols.astype(np.int64), vals.astype(np.float32)
+    matrix = np.asarray(item_matrix, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[0] != len(item_ids):
+        raise ValueError(f"item matrix has shape {matrix.shape}, expected ({len(item_ids)}, d): one row per item id")
+    ids = item_ids.to_numpy(zero_copy_only=False)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        raise ValueError("item ids must be unique and sorted ascending (sort the catalogue by item_id first)")
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"item {item_ids[int(np.nonzero(~finite)[0][0])].as_py()!r} has a NaN or infinite embedding value; "
+            f"fix the model output"
+        )
+    return matrix
 
 
-def score_block(
-    user_emb: np.ndarray, item_matrix: np.ndarray, seen: list[np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k unseen items of a block of users.
+def item_blocks(m: int, d: int, budget_bytes: int, group_width: int = topk.DEFAULT_GROUP_WIDTH) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) catalogue ranges whose float32 [rows, d] matrix fits ``budget_bytes``.
+
+    Every block but the last holds a multiple of ``group_width`` rows.
+    """
+    if m == 0:
+        return [(0, 0)]
+    rows = max(group_width, (budget_bytes // max(4 * d, 1)) // group_width * group_width)
+    count = math.ceil(m / rows)
+    return [(b * rows, min(m, (b + 1) * rows)) for b in range(count)]
+
+
+# -- the scoring kernel (runs in the Python workers) -----------------------------------------
+class BlockScorer:
+    """Scores blocks of users against one block of the catalogue.
+
+    Args:
+        item_matrix: [m, d] float32 embeddings of catalogue positions lo..lo+m.
+        k: results per user.
+        block_rows: users per matrix product.
+        col_offset: catalogue position of the block's first item.
+        group_width: first-level group width of the selection.
+    """
+
+    def __init__(self, item_matrix: np.ndarray, k: int, *, block_rows: int = DEFAULT_BLOCK_ROWS,
+                 col_offset: int = 0, group_width: int = topk.DEFAULT_GROUP_WIDTH):
+        self.m, self.dim = item_matrix.shape
+        self.width = topk.padded_width(self.m, group_width)
+        padded = np.zeros((self.width, self.dim), np.float32)
+        padded[: self.m] = item_matrix
+        self.items_t = np.ascontiguousarray(padded.T)  # [d, width]
+        self.k, self.block_rows, self.col_offset, self.group_width = k, block_rows, col_offset, group_width
+        self.buffer = np.empty((block_rows, self.width), np.float32)
+
+    def top_k(self, user_emb: np.ndarray, seen_offsets: np.ndarray, seen_pos: np.ndarray):
+        """Top-k unseen items of up to ``block_rows`` users.
+
+        Args:
+            user_emb: [n, d] float32, n <= block_rows.
+            seen_offsets: [n + 1] offsets of each user's seen positions in ``seen_pos``.
+            seen_pos: global catalogue positions to exclude.
+
+        Returns:
+            (rows [r], positions [r] (global), scores [r]) ordered by row then rank;
+            a row has min(k, unseen items in this block) entries.
+        """
+        n = user_emb.shape[0]
+        scores = self.buffer[:n]
+        np.matmul(user_emb, self.items_t, out=scores)
+        scores[:, self.m :] = topk.NEG_INF
+        topk.mask_positions(scores, seen_offsets, seen_pos, col_offset=self.col_offset)
+        return topk.select_top_k(scores, self.k, group_width=self.group_width, col_offset=self.col_offset)
+
+    def top_k_batch(self, batch: pa.RecordBatch):
+        """``top_k`` of an Arrow batch [user_id, embedding, seen_pos, ...] of up to block_rows users."""
+        emb = float_matrix(batch.column("embedding"), self.dim, batch.column("user_id"), "user embeddings")
+        return self.top_k(emb, *list_offsets(batch.column("seen_pos")))
+
+
+def score_block(user_emb: np.ndarray, item_matrix: np.ndarray, seen: list[np.ndarray], k: int):
+    """Top-k unseen items of a block of users (in-process, one item block).
 
     Args:
         user_emb: [n, d] float32; item_matrix: [m, d] float32.
@@ -68,45 +193,107 @@ def score_block(
         k: items per user.
 
     Returns:
-        (row [r], position [r], score [r]) flat, ordered by row then rank;
-        a row has min(k, unseen items) entries.
+        (row [r], position [r], score [r]) flat, ordered by row then rank.
     """
-    scores = user_emb @ item_matrix.T
-    rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
-    if rows.size:
-        scores[rows, np.concatenate(seen)] = -np.inf
-    cols, vals = top_k_rows(scores, k)
-    keep = np.isfinite(vals)
-    row_idx = np.broadcast_to(np.arange(len(seen))[:, None], cols.shape)
-    return row_idx[keep], cols[keep], vals[keep]
+    n = len(seen)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64)
+    positions = np.concatenate([np.asarray(s, np.int64) for s in seen]) if n else np.zeros(0, np.int64)
+    scorer = BlockScorer(np.asarray(item_matrix, np.float32), k, block_rows=max(n, 1))
+    return scorer.top_k(np.asarray(user_emb, np.float32), offsets, positions)
 
 
-def seen_positions(events: DataFrame, item_ids: DataFrame) -> DataFrame:
-    """Catalogue positions each user interacted with.
+def _score_arrow_batches(batches: Iterator[pa.RecordBatch], scorer, item_ids: pa.Array | None) -> Iterator[pa.RecordBatch]:
+    """users batches -> recommendation batches (with item ids) or candidate batches (positions).
+
+    Users are scored ``scorer.block_rows`` at a time; the results of one input
+    batch leave as one output batch (the JVM pays per batch, not per row).
+    """
+    with _blas_single_thread():
+        for batch in batches:
+            found = []
+            for start in range(0, batch.num_rows, scorer.block_rows):
+                rows, pos, vals = scorer.top_k_batch(batch.slice(start, scorer.block_rows))
+                found.append((rows + start, pos, vals))
+            if not found:
+                continue
+            rows, pos, vals = (np.concatenate(parts) for parts in zip(*found))
+            take = pa.array(rows)
+            head = [batch.column("user_id").take(take)]
+            tail = [pa.array(vals, type=pa.float32()), batch.column("source").take(take)]
+            if item_ids is None:
+                yield pa.RecordBatch.from_arrays(
+                    head + [pa.array(pos.astype(np.int32))] + tail, names=["user_id", "pos", "score", "source"]
+                )
+            else:
+                rank = topk.rank_within_rows(rows, batch.num_rows) + 1
+                yield pa.RecordBatch.from_arrays(
+                    head + [pa.array(rank.astype(np.int32)), item_ids.take(pa.array(pos))] + tail,
+                    names=list(RECOMMENDATION_COLUMNS),
+                )
+
+
+def score_in_spark(
+    rows: DataFrame,
+    item_ids: pa.Array,
+    blocks: list[tuple[int, Any]],
+    build_scorer: Callable[[Any, int], Any],
+    *,
+    k: int,
+    user_id_type: str | None = None,
+    partitions: int | None = None,
+) -> DataFrame:
+    """Top-K of every user row, one ``mapInArrow`` pass per item block, merged exactly.
 
     Args:
-        events: DataFrame[user_id, item_id, ...].
-        item_ids: the catalogue DataFrame[item_id, pos: int].
+        rows: DataFrame[user_id, source, seen_pos, and the columns the scorer reads].
+        item_ids: [m] catalogue ids, unique and ascending.
+        blocks: (first catalogue position, payload) of each item block; each
+            payload is broadcast on its own, and with several blocks ``rows``
+            is computed once per block (cache it if it is expensive).
+        build_scorer: ``build_scorer(payload, first_position)`` -> a scorer
+            with ``block_rows`` and ``top_k_batch(batch) -> (rows, positions, scores)``
+            (see ``BlockScorer``); it runs once per task.
+        k: recommendations per user.
+        user_id_type: Spark SQL type of user_id (default: read from ``rows``).
+        partitions: repartition the users into this many tasks first (after
+            joins, adaptive execution may coalesce a small table into one
+            partition, i.e. one core); None keeps the input's partitions.
 
     Returns:
-        DataFrame[user_id, seen_pos: array<int>].
+        DataFrame[user_id, rank: int (1..), item_id, score: float, source: string].
     """
-    pairs = events.select("user_id", "item_id").distinct().join(item_ids, on="item_id", how="inner")
-    return pairs.groupBy("user_id").agg(F.collect_list("pos").alias("seen_pos"))
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    item_ids = item_ids.cast(pa.string()) if pa.types.is_large_string(item_ids.type) else item_ids
+    spark = rows.sparkSession
+    user_type = user_id_type or dict(rows.dtypes)["user_id"]
+    if partitions:
+        rows = rows.repartition(partitions)
+    if len(blocks) == 1:
+        payload = spark.sparkContext.broadcast((item_ids, blocks[0][1]))
 
+        def score_all(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            ids, items = payload.value
+            yield from _score_arrow_batches(batches, build_scorer(items, 0), ids)
 
-def catalogue_frame(spark: SparkSession, item_ids: pa.Array) -> DataFrame:
-    """DataFrame[item_id, pos] of the catalogue (``item_ids`` in catalogue order)."""
-    table = pa.table({"item_id": item_ids, "pos": pa.array(np.arange(len(item_ids), dtype=np.int32))})
-    return spark.createDataFrame(table.to_pandas())
+        schema = f"user_id {user_type}, rank int, item_id {_spark_type(item_ids)}, score float, source string"
+        return rows.mapInArrow(score_all, schema)
 
+    candidates = None
+    for lo, block_payload in blocks:
+        block = spark.sparkContext.broadcast(block_payload)
 
-def _arrow_type_name(array: pa.Array) -> str:
-    if pa.types.is_integer(array.type):
-        return "bigint" if array.type.bit_width > 32 else "int"
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        return "string"
-    raise TypeError(f"unsupported id type {array.type}")
+        def score_one_block(batches, block=block, lo=lo):
+            yield from _score_arrow_batches(batches, build_scorer(block.value, lo), None)
+
+        part = rows.mapInArrow(score_one_block, f"user_id {user_type}, pos int, score float, source string")
+        candidates = part if candidates is None else candidates.unionByName(part)
+    by_user = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("pos").asc())
+    best = candidates.withColumn("rank", F.row_number().over(by_user)).where(F.col("rank") <= k)
+    catalogue = F.broadcast(catalogue_frame(spark, item_ids))
+    return best.join(catalogue, on="pos").select(
+        "user_id", F.col("rank").cast("int").alias("rank"), "item_id", "score", "source"
+    )
 
 
 def top_k_for_users(
@@ -115,51 +302,165 @@ def top_k_for_users(
     item_matrix: np.ndarray,
     *,
     k: int,
-    user_id_type: str,
-    block_rows: int = 1024,
+    user_id_type: str | None = None,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    item_block_bytes: int = DEFAULT_ITEM_BLOCK_BYTES,
+    group_width: int = topk.DEFAULT_GROUP_WIDTH,
+    partitions: int | None = None,
 ) -> DataFrame:
-    """Exhaustive top-K for every user row.
+    """Exhaustive top-K of every user row against the whole catalogue (factorised models).
 
     Args:
-        users: DataFrame[user_id, embedding: array<float>, seen_pos: array<int> (nullable),
-            source: string (copied to the output: "model", "features", "popularity")].
-        item_ids: [m] ids of the catalogue, in position order.
+        users: DataFrame[user_id, embedding: array<float> (length d),
+            seen_pos: array<int> (nullable; catalogue positions to exclude),
+            source: string (copied to the output)].
+        item_ids: [m] catalogue ids, unique and ascending.
         item_matrix: [m, d] float32 item embeddings in the same order.
         k: recommendations per user.
-        user_id_type: Spark SQL type of user_id (e.g. "bigint", "string").
-        block_rows: users scored per matrix product (bounds task memory).
+        user_id_type: Spark SQL type of user_id (default: read from ``users``).
+        block_rows: users per matrix product (task memory: block_rows x items x 4 bytes).
+        item_block_bytes: largest item matrix broadcast as one block; a larger
+            catalogue is scored block by block and the top-Ks merged.
+        group_width: first-level group width of the selection (``jobs.topk``).
+        partitions: see ``score_in_spark``.
 
     Returns:
-        DataFrame[user_id, rank: int (1..), item_id, score: float, source: string].
+        DataFrame[user_id, rank: int (1..), item_id, score: float, source: string]:
+        min(k, unseen items) rows per user, best first, ties to the lower item id.
     """
-    spark = users.sparkSession
-    payload = spark.sparkContext.broadcast((item_ids, np.ascontiguousarray(item_matrix, dtype=np.float32)))
-    item_type = _arrow_type_name(item_ids)
+    matrix = check_catalogue(item_ids, item_matrix)
+    spans = item_blocks(len(item_ids), matrix.shape[1], item_block_bytes, group_width)
+    blocks = [(lo, matrix[lo:hi]) for lo, hi in spans]
 
-    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        ids, matrix = payload.value
-        dim = matrix.shape[1]
-        for big in batches:
-            for start in range(0, big.num_rows, block_rows):
-                batch = big.slice(start, block_rows)
-                n = batch.num_rows
-                emb_col = batch.column("embedding")
-                emb = emb_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, dim)
-                seen_col = batch.column("seen_pos")
-                seen = [np.asarray(s if s is not None else [], dtype=np.int64) for s in seen_col.to_pylist()]
-                rows, pos, vals = score_block(emb, matrix, seen, k)
-                counts = np.bincount(rows, minlength=n)
-                rank = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts) + 1
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        batch.column("user_id").take(pa.array(rows)),
-                        pa.array(rank.astype(np.int32)),
-                        ids.take(pa.array(pos)),
-                        pa.array(vals, type=pa.float32()),
-                        batch.column("source").take(pa.array(rows)),
-                    ],
-                    names=list(RECOMMENDATION_COLUMNS),
-                )
+    def build_scorer(items: np.ndarray, lo: int) -> BlockScorer:
+        return BlockScorer(items, k, block_rows=block_rows, col_offset=lo, group_width=group_width)
 
-    schema = f"user_id {user_id_type}, rank int, item_id {item_type}, score float, source string"
-    return users.select("user_id", "embedding", "seen_pos", "source").mapInArrow(score_partition, schema)
+    rows = users.select("user_id", "embedding", "seen_pos", "source")
+    return score_in_spark(rows, item_ids, blocks, build_scorer, k=k, user_id_type=user_id_type, partitions=partitions)
+
+
+# -- Spark-side inputs ---------------------------------------------------------------------
+def catalogue_frame(spark: SparkSession, item_ids: pa.Array) -> DataFrame:
+    """DataFrame[item_id, pos: int] of the catalogue (``item_ids`` in catalogue order)."""
+    table = pa.table({"item_id": item_ids, "pos": pa.array(np.arange(len(item_ids), dtype=np.int32))})
+    return spark.createDataFrame(table.to_pandas())
+
+
+def seen_positions(events: DataFrame, catalogue: DataFrame) -> DataFrame:
+    """Catalogue positions each user interacted with.
+
+    Args:
+        events: DataFrame[user_id, item_id, ...].
+        catalogue: DataFrame[item_id, pos: int] (``catalogue_frame``).
+
+    Returns:
+        DataFrame[user_id, seen_pos: array<int>] (items outside the catalogue dropped).
+    """
+    pairs = events.select("user_id", "item_id").join(F.broadcast(catalogue), on="item_id", how="inner")
+    return pairs.groupBy("user_id").agg(F.array_distinct(F.collect_list("pos")).alias("seen_pos"))
+
+
+def embed_rows(
+    features: DataFrame,
+    *,
+    id_col: str,
+    columns: list[str],
+    build_embedder: Callable[[], Callable[[pa.RecordBatch], np.ndarray]],
+    cache_key: str,
+) -> DataFrame:
+    """Embed every row of a feature table in Spark, the model built once per Python worker.
+
+    Args:
+        features: DataFrame with ``id_col`` and the tower's input ``columns``.
+        id_col: the id column carried to the output.
+        columns: the embedder's input columns.
+        build_embedder: picklable zero-argument callable (e.g. a
+            ``functools.partial`` of a model loader) returning
+            ``embed(batch: pa.RecordBatch) -> [rows, d] float32``; it runs once
+            per worker process and key.
+        cache_key: names the embedder in the worker cache (include the
+            model file's identity, e.g. path and modification time).
+
+    Returns:
+        DataFrame[id_col, embedding: array<float>].
+    """
+    id_type = dict(features.dtypes)[id_col]
+
+    def embed_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        embed = worker_cached(cache_key, build_embedder)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            emb = np.asarray(embed(batch), dtype=np.float32)
+            flat = pa.array(emb.reshape(-1), type=pa.float32())
+            lists = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]).cast(pa.list_(pa.float32()))
+            yield pa.RecordBatch.from_arrays([batch.column(id_col), lists], names=[id_col, "embedding"])
+
+    return features.select(id_col, *columns).mapInArrow(embed_partition, f"{id_col} {id_type}, embedding array<float>")
+
+
+def _sorted_matrix(table: pa.Table, id_col: str, what: str) -> tuple[pa.Array, np.ndarray]:
+    order = pc.sort_indices(table.column(id_col))
+    ids = table.column(id_col).take(order).combine_chunks()
+    column = table.column("embedding").take(order).combine_chunks()
+    dim = int(column.value_lengths()[0].as_py()) if len(column) else 0
+    return ids, float_matrix(column, dim, ids, what)
+
+
+def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndarray]:
+    """An embeddings DataFrame[id_col, embedding] -> (ids ascending, [n, d] float32) on the driver."""
+    return _sorted_matrix(frame.select(id_col, "embedding").toArrow(), id_col, "item embeddings")
+
+
+def load_embeddings(spark: SparkSession, path: str, id_col: str) -> tuple[pa.Array, np.ndarray]:
+    """An embeddings Parquet folder [id_col, embedding] -> (ids ascending, [n, d] float32) on the driver.
+
+    A local folder is read by pyarrow directly (a Spark job would cost ~1 s
+    of the scoring job's ~3); any other URI goes through Spark.
+    """
+    if "://" in path and not path.startswith("file://"):
+        return collect_embeddings(spark.read.parquet(path), id_col)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path.removeprefix("file://"), columns=[id_col, "embedding"])
+    return _sorted_matrix(table, id_col, f"{path}: embeddings")
+
+
+# -- cold start ----------------------------------------------------------------------------
+def assign_sources(users: DataFrame, user_features: DataFrame, state: FeatureState) -> DataFrame:
+    """How each user will be scored.
+
+    A user in the model's vocabulary (``user_idx >= FIRST_INDEX``) is
+    ``"model"``; a user without history whose side features say something
+    (a known category, a known multi-category value, or a declared continuous
+    feature off its mean) is ``"features"``; everyone else, including users
+    missing from ``user_features``, is ``"popularity"``.
+
+    Args:
+        users: DataFrame[user_id] (one row per user to score).
+        user_features: DataFrame[user_id, user_idx, user_<column> ...] from
+            ``features.build_side_features``.
+        state: the fitted feature state (which columns are declared, and how).
+
+    Returns:
+        DataFrame[user_id, source: string].
+    """
+    usable = []
+    for decl in state.decls["user"]:
+        col = F.col(f"user_{decl['column']}")
+        if decl["kind"] == "categorical":
+            usable.append(col >= FIRST_INDEX)
+        elif decl["kind"] == "multi_categorical":
+            usable.append(F.exists(col, lambda v: v >= FIRST_INDEX))
+        else:  # continuous: scaled, a missing value became 0.0
+            usable.append(col != 0.0)
+    has_features = F.coalesce(F.greatest(*usable, F.lit(False)), F.lit(False)) if usable else F.lit(False)
+    source = (
+        F.when(F.col("user_idx") >= FIRST_INDEX, F.lit("model"))
+        .when(has_features, F.lit("features"))
+        .otherwise(F.lit("popularity"))
+    )
+    flags = user_features.select("user_id", source.alias("source"))
+    return users.select("user_id").join(flags, on="user_id", how="left").select(
+        "user_id", F.coalesce("source", F.lit("popularity")).alias("source")
+    )

@@ -4,6 +4,8 @@ For a factorised model (``RecommenderModel.factorised``) the score of a
 (user, item) pair is exactly ``<user_embedding(u), item_embedding(i)>``; the
 tables hold those vectors for every row of the side feature tables, sorted
 by id, so ``jobs.scoring`` can score the catalogue with matrix products.
+``export_embeddings`` writes them in this process; ``side_embedder`` is the
+per-worker embedder the nightly flow runs inside Spark (``jobs.scoring.embed_rows``).
 """
 
 from __future__ import annotations
@@ -72,3 +74,33 @@ def export_embeddings(model, user_features_path: str, item_features_path: str, o
         out[side] = os.path.join(out_dir, EMBEDDING_FILES[side])
         pq.write_table(table, out[side])
     return out
+
+
+def side_embedder(model_path: str, side: str):
+    """Load a saved factorised model once and return its ``side`` embedding as a record-batch embedder.
+
+    Meant to run inside a Spark Python worker (``jobs.scoring.embed_rows``).
+
+    Args:
+        model_path: the saved ``model.keras``.
+        side: ``"user"`` or ``"item"``.
+
+    Returns:
+        ``embed(batch: pyarrow.RecordBatch) -> [rows, dim] float32``; the batch
+        holds the side's input columns (``side_columns(model.spec[side])``);
+        the rows are ``model.user_embedding`` / ``model.item_embedding``.
+    """
+    from models.data import _to_numpy
+    from models.registry import load_model
+
+    model = load_model(model_path)
+    if not model.factorised:
+        raise TypeError(f"{model_path}: a {model.kind} model is not factorised; it has no embeddings")
+    embed_rows = {"user": model.user_embedding, "item": model.item_embedding}[side]
+    columns = side_columns(model.spec[side])
+
+    def embed(batch: pa.RecordBatch) -> np.ndarray:
+        feed = to_feed({name: _to_numpy(batch.column(name), pad_len) for name, pad_len in columns.items()})
+        return np.asarray(embed_rows(feed), dtype=np.float32)
+
+    return embed
