@@ -177,7 +177,7 @@ def seen_lists(examples_path: str, users, catalogue) -> list[np.ndarray]:
 
 def top_unseen(scores: np.ndarray, seen: list[np.ndarray], k: int = K) -> tuple[np.ndarray, np.ndarray]:
     """Top-k positions and scores per row, seen positions excluded (-1 where none is left): [n, k] each."""
-    from jobs.scoring import top_k_rows
+    from jobs.topk import top_k_rows
 
     scores = np.array(scores, dtype=np.float32)
     for row, items in enumerate(seen):
@@ -187,7 +187,7 @@ def top_unseen(scores: np.ndarray, seen: list[np.ndarray], k: int = K) -> tuple[
 
 
 def recs_from_scores(users, catalogue, scores: np.ndarray, seen: list[np.ndarray], k: int) -> pa.Table:
-    """Top-k of a dense [n_users, n_items] score matrix (jobs.scoring's exact selection)."""
+    """Top-k of a dense [n_users, n_items] score matrix (jobs.topk's exact selection)."""
     cols, values = top_unseen(scores, seen, k)
     keep = cols >= 0
     rows = np.broadcast_to(np.arange(len(seen))[:, None], cols.shape)[keep]

@@ -11,6 +11,7 @@ instead be scored from embedding tables by ``jobs.scoring``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +27,20 @@ def _concat_parts(chunks: list[dict]) -> dict:
     return {k: tf.concat([c[k] for c in chunks], axis=0) for k in chunks[0]}
 
 
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compiled(model) -> dict:
+    """The model's part functions as tf.functions, traced once per model (not per scorer)."""
+    if model not in _COMPILED:
+        _COMPILED[model] = {
+            "user": tf.function(lambda inputs: model.user_parts(inputs), reduce_retracing=True),
+            "item": tf.function(lambda inputs: model.item_parts(inputs), reduce_retracing=True),
+            "cross": tf.function(lambda user, item: model.pair_scores(user, item, cross=True), reduce_retracing=True),
+        }
+    return _COMPILED[model]
+
+
 class BlockScorer:
     """Scores blocks of users against the whole catalogue.
 
@@ -38,31 +53,20 @@ class BlockScorer:
 
     def __init__(self, model, item_columns: Mapping[str, np.ndarray], item_block: int = 4096):
         self.model = model
+        self.fn = _compiled(model)
         self.item_block = int(item_block)
         n_items = len(next(iter(item_columns.values())))
         self.n_items = n_items
-        chunks = [self._item_parts(_rows(item_columns, s, s + 8192)) for s in range(0, n_items, 8192)]
+        chunks = [self.fn["item"](_rows(item_columns, s, s + 8192)) for s in range(0, n_items, 8192)]
         self.item_parts = _concat_parts(chunks) if chunks else {}
-
-    @tf.function(reduce_retracing=True)
-    def _item_parts(self, inputs):
-        return self.model.item_parts(inputs)
-
-    @tf.function(reduce_retracing=True)
-    def _user_parts(self, inputs):
-        return self.model.user_parts(inputs)
-
-    @tf.function(reduce_retracing=True)
-    def _cross(self, user, item):
-        return self.model.pair_scores(user, item, cross=True)
 
     def scores(self, user_columns: Mapping[str, np.ndarray]) -> tf.Tensor:
         """[n_users, n_items] float32 scores of the given user rows."""
-        user = self._user_parts(dict(user_columns))
+        user = self.fn["user"](dict(user_columns))
         blocks = []
         for start in range(0, self.n_items, self.item_block):
             item = {k: v[start : start + self.item_block] for k, v in self.item_parts.items()}
-            blocks.append(self._cross(user, item))
+            blocks.append(self.fn["cross"](user, item))
         return tf.concat(blocks, axis=1)
 
 
