@@ -138,18 +138,47 @@ def _values_column(decl: FeatureDecl):
     return col
 
 
-def _value_counts(df: DataFrame, decl: FeatureDecl) -> DataFrame:
-    """DataFrame[v, count] of the non-null, non-blank values of ``decl.column``."""
-    values = df.select(_values_column(decl).alias("v")).filter(F.col("v").isNotNull())
-    if dict(values.dtypes)["v"] == "string":
-        values = values.withColumn("v", F.trim("v")).filter(F.col("v") != "")
-    return values.groupBy("v").count()
-
-
 def fit_vocabulary(df: DataFrame, decl: FeatureDecl, *, min_count: int = 1) -> list:
     """Sorted values of ``decl.column`` seen at least ``min_count`` times (nulls and '' excluded)."""
-    counts = _value_counts(df, decl).filter(F.col("count") >= min_count)
-    return sorted(row["v"] for row in counts.collect())
+    counts, _ = _category_counts(df, "v", [decl])
+    return sorted(v for v, n in counts.get(f"v_{decl.column}", {}).items() if n >= min_count)
+
+
+_TO_PYTHON = {"int": int, "bigint": int, "smallint": int, "tinyint": int, "boolean": lambda v: v == "true"}
+
+
+def _category_counts(frame: DataFrame, side: str, decls: Sequence[FeatureDecl]):
+    """Counts of every categorical value and the longest list of each multi-valued column, in two jobs.
+
+    Returns:
+        ({"{side}_{column}": {value: count}}, {"{side}_{column}": longest list (>= 1)}).
+    """
+    parts, types = [], {}
+    for d in decls:
+        if d.kind == "continuous":
+            continue
+        name = f"{side}_{d.column}"
+        values = frame.select(_values_column(d).alias("v"))
+        types[name] = dict(values.dtypes)["v"]
+        values = values.select(F.lit(name).alias("feature"), F.col("v").cast("string").alias("v"))
+        parts.append(values.filter(F.col("v").isNotNull()).withColumn("v", F.trim("v")).filter(F.col("v") != ""))
+    if not parts:
+        return {}, {}
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    counts: dict[str, dict] = {}
+    for row in union.groupBy("feature", "v").count().collect():
+        convert = _TO_PYTHON.get(types[row["feature"]], str)
+        counts.setdefault(row["feature"], {})[convert(row["v"])] = int(row["count"])
+    multi = [d for d in decls if d.kind == "multi_categorical"]
+    lengths = {}
+    if multi:
+        longest = frame.agg(
+            *[F.max(F.size(F.split(F.col(d.column).cast("string"), re.escape(d.separator)))) for d in multi]
+        ).first()
+        lengths = {f"{side}_{d.column}": max(1, int(n or 1)) for d, n in zip(multi, longest)}
+    return counts, lengths
 
 
 def _lookup_map(vocab: Sequence):
@@ -505,20 +534,28 @@ def _n_partitions(spark: SparkSession, rows: int, rows_per_partition: int) -> in
     return max(spark.sparkContext.defaultParallelism, math.ceil(rows / max(1, rows_per_partition)))
 
 
-def _broadcast_pass(
-    spark: SparkSession, state: FeatureState, side: str, static: DataFrame, item_static: DataFrame, fitted: bool
-) -> tuple[Any, _SidePass]:
-    items = item_static.select("item_id", MASK_COL).toArrow()
-    side_pass = _SidePass(
-        side=side,
-        layout=state.layout(side),
-        finalizer=state.finalizer(side) if fitted else None,
-        static=static.toArrow(),
-        item_keys=items["item_id"].combine_chunks(),
-        item_masks=items[MASK_COL].to_numpy().astype(np.int64),
-        as_of_us=state.as_of_us(),
-    )
-    return spark.sparkContext.broadcast(side_pass), side_pass
+def _side_passes(
+    spark: SparkSession, state: FeatureState, user_static: DataFrame | None, item_static: DataFrame, fitted: bool
+) -> dict[str, tuple[Any, _SidePass]]:
+    """The broadcast ``_SidePass`` of each side: "user"/"item" -> (broadcast, the pass).
+
+    The static tables are collected once (Arrow) and broadcast; no user pass without ``user_static``.
+    """
+    items = item_static.toArrow()
+    statics = {"item": items} if user_static is None else {"user": user_static.toArrow(), "item": items}
+    out = {}
+    for side, static in statics.items():
+        side_pass = _SidePass(
+            side=side,
+            layout=state.layout(side),
+            finalizer=state.finalizer(side) if fitted else None,
+            static=static,
+            item_keys=items["item_id"].combine_chunks(),
+            item_masks=items[MASK_COL].to_numpy().astype(np.int64),
+            as_of_us=state.as_of_us(),
+        )
+        out[side] = (spark.sparkContext.broadcast(side_pass), side_pass)
+    return out
 
 
 def _totals(events: DataFrame, bc, side_pass: _SidePass, static: DataFrame, partitions: int) -> DataFrame:
@@ -567,14 +604,6 @@ def _rating_grid(train: DataFrame, grid_size: int) -> list[float]:
         return sorted(distinct)
     probabilities = [i / (grid_size - 1) for i in range(grid_size)]
     return sorted(set(ratings.approxQuantile("r", probabilities, 1e-4)))
-
-
-def _affinity_values(items: DataFrame, decl: FeatureDecl, vocab: list) -> list:
-    """The affinity values: the vocabulary, or its most frequent MAX_AFFINITY_VALUES values."""
-    if len(vocab) <= MAX_AFFINITY_VALUES:
-        return list(vocab)
-    counts = _value_counts(items, decl).orderBy(F.col("count").desc(), F.col("v")).limit(MAX_AFFINITY_VALUES)
-    return sorted(r["v"] for r in counts.collect())
 
 
 def _fit_scalers(frame: DataFrame, names: Sequence[str], impute: str) -> dict[str, dict[str, float]]:
@@ -673,21 +702,20 @@ def fit_transform(
     for side, key, table, decls in (("user", "user_id", users, user_decls), ("item", "item_id", items, item_decls)):
         if table is None:
             continue
-        frame = table.join(train.select(key).distinct(), on=key, how="inner").cache()
+        frame = table.join(train.select(key).distinct(), on=key, how="inner")
+        counts, lengths = _category_counts(frame, side, decls)
+        max_len.update(lengths)
         for d in decls:
             name = f"{side}_{d.column}"
             if d.kind == "continuous":
                 continue
-            vocabs[name] = fit_vocabulary(frame, d, min_count=settings.min_count)
-            if d.kind == "multi_categorical":
-                longest = frame.select(
-                    F.max(F.size(F.split(F.col(d.column).cast("string"), re.escape(d.separator))))
-                ).first()[0]
-                max_len[name] = max(1, int(longest or 1))
+            vocabs[name] = sorted(v for v, n in counts.get(name, {}).items() if n >= settings.min_count)
             if d is affinity_decl:
-                affinity = _affinity_values(frame, d, vocabs[name])
-        frame.unpersist()
-    global_mean, next_day = train.agg(F.avg("rating"), F.date_add(F.to_date(F.max("ts")), 1)).first()
+                by_use = sorted(counts.get(name, {}).items(), key=lambda vn: (-vn[1], vn[0]))
+                affinity = sorted(v for v, _ in by_use[:MAX_AFFINITY_VALUES])
+    global_mean, next_day, n_train = train.agg(
+        F.avg("rating"), F.date_add(F.to_date(F.max("ts")), 1), F.count(F.lit(1))
+    ).first()
     if as_of is None:
         as_of = dt.datetime.combine(next_day or dt.date(1970, 1, 1), dt.time(), tzinfo=dt.timezone.utc)
     state = FeatureState(
@@ -704,12 +732,13 @@ def fit_transform(
         affinity_column=affinity_decl.column if affinity_decl else None,
         affinity=affinity,
     )
-    partitions = _n_partitions(spark, train.count(), settings.rows_per_partition)
+    partitions = _n_partitions(spark, n_train, settings.rows_per_partition)
     item_static = side_static(train, items, state, "item").cache()
+    user_static = side_static(train, users, state, "user").cache()
+    passes = _side_passes(spark, state, user_static, item_static, fitted=False)
     raw_frames = {}
-    for side, table in (("user", users), ("item", items)):
-        static = item_static if side == "item" else side_static(train, table, state, "user").cache()
-        bc, side_pass = _broadcast_pass(spark, state, side, static, item_static, fitted=False)
+    for side, static in (("user", user_static), ("item", item_static)):
+        bc, side_pass = passes[side]
         totals = _totals(train, bc, side_pass, static, partitions)
         frame = _with_totals(static, totals, side).cache()
         declared = [f"{side}_{d.column}" for d in state.side_decls(side) if d.kind == "continuous"]
@@ -766,7 +795,7 @@ def build_side_features(
         raise ValueError("build_side_features(side='user'): the user genre affinity needs the items table (items=...)")
     item_static = side_static(events, items if side == "user" else table, state, "item")
     static = item_static if side == "item" else side_static(events, table, state, "user")
-    bc, side_pass = _broadcast_pass(spark, state, side, static, item_static, fitted=True)
+    bc, side_pass = _side_passes(spark, state, static if side == "user" else None, item_static, fitted=True)[side]
     totals = _totals(events, bc, side_pass, static, _n_partitions(spark, events.count(), rows_per_partition))
     return _finalize_entities(_with_totals(static, totals, side), state, side, static)
 
@@ -780,8 +809,8 @@ def _example_passes(
     partitions = _n_partitions(spark, events.count(), rows_per_partition)
     item_static = side_static(train, items, state, "item")
     user_static = side_static(train, users, state, "user")
-    item_bc, item_pass = _broadcast_pass(spark, state, "item", item_static, item_static, fitted=True)
-    user_bc, user_pass = _broadcast_pass(spark, state, "user", user_static, item_static, fitted=True)
+    passes = _side_passes(spark, state, user_static, item_static, fitted=True)
+    (item_bc, item_pass), (user_bc, user_pass) = passes["item"], passes["user"]
     item_fields = [item_static.schema[c] for c in item_pass.static_columns()]
     item_fields += [T.StructField(n, T.FloatType()) for n in item_pass.finalizer.names]
     with_items = events.repartition(partitions, "item_id").mapInArrow(

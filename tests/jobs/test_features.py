@@ -267,6 +267,29 @@ def test_fast_parquet_writer_writes_the_same_examples(spark, fitted, tmp_path):
     assert [list(g) for g in got.item_genres] == [list(g) for g in expected.item_genres]
 
 
+def test_min_count_sends_rare_categories_to_unseen(spark):
+    df = spark.createDataFrame([("a",), ("a",), ("b",), (None,)], "c string")
+    decl = features.FeatureDecl("c", "categorical")
+    vocab = features.fit_vocabulary(df, decl, min_count=2)
+    assert vocab == ["a"]
+    encoded = [r.c_idx for r in features.encode_categorical(df, decl, vocab, "c_idx").collect()]
+    assert encoded == [2, 2, features.UNSEEN_INDEX, features.NULL_INDEX]
+
+
+def test_large_vocabulary_uses_a_join_with_the_same_result(spark):
+    values = list(range(7000))
+    df = spark.createDataFrame([(v,) for v in (5, 6999, 8000, None)], "c bigint")
+    decl = features.FeatureDecl("c", "categorical")
+    encoded = [r.c_idx for r in features.encode_categorical(df, decl, values, "c_idx").orderBy("c").collect()]
+    # orderBy puts NULL first: null, 5, 6999, 8000 (unseen)
+    assert encoded == [features.NULL_INDEX, 5 + 2, 6999 + 2, features.UNSEEN_INDEX]
+
+
+def test_integer_categories_keep_their_type(spark):
+    df = spark.createDataFrame([(3,), (1,), (3,)], "code int")
+    assert features.fit_vocabulary(df, features.FeatureDecl("code", "categorical")) == [1, 3]
+
+
 # -- settings ---------------------------------------------------------------------------------------------------------
 def test_median_imputation_and_coarse_grid(spark):
     # ratings 1..9 over one user: with grid_size 3 they snap down to 3 grid points
