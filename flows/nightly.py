@@ -220,6 +220,7 @@ def features_task(cfg: NightrecConfig, paths: RunPaths, window: str, events_name
     n_examples = features.write_training_examples(
         events, users, items, state, paths.work(window, "examples"), rows_per_partition=settings.rows_per_partition
     )
+    fitted.release()
     state_path = paths.work(window, "feature_state.json")
     wh.write_text(state_path, state.to_json())
     uf = spark.read.parquet(paths.work(window, "user_features")).count()

@@ -124,20 +124,50 @@ def rating_bins(rating: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def genre_matrix(mask: np.ndarray, n_genres: int) -> np.ndarray:
-    """[n] bit masks -> [n, G] 0/1 int32 (bit g set: the item has affinity value g)."""
+    """[n] bit masks -> [n, G] 0/1 float64 (bit g set: the item has affinity value g)."""
     if n_genres == 0:
-        return np.zeros((len(mask), 0), dtype=np.int32)
-    return ((mask[:, None] >> np.arange(n_genres, dtype=np.int64)) & 1).astype(np.int32)
+        return np.zeros((len(mask), 0))
+    return ((mask[:, None] >> np.arange(n_genres, dtype=np.int64)) & 1).astype(np.float64)
 
 
-def _event_parts(rating: np.ndarray, grid: np.ndarray, mask: np.ndarray, n_genres: int):
+def _event_matrix(rating: np.ndarray, grid: np.ndarray, mask: np.ndarray, n_genres: int) -> np.ndarray:
+    """Per event, the summands of every sufficient statistic side by side: [n, 3 + K + 3G] float64.
+
+    Columns: rated (0/1), rating (0 when missing), rating^2, the one-hot grid
+    bin (K), the one-hot affinity values (G), those times rated (G), those
+    times the rating (G). Counts stay exact in float64 (below 2^53).
+    """
+    n, k = len(rating), len(grid)
     rated = ~np.isnan(rating)
     value = np.where(rated, rating, 0.0)
-    bins = rating_bins(rating, grid)
-    hist = np.zeros((len(rating), len(grid)), dtype=np.int32)
-    hist[np.flatnonzero(rated), bins[rated]] = 1
-    genres = genre_matrix(mask, n_genres)
-    return rated, value, hist, genres
+    x = np.zeros((n, 3 + k + 3 * n_genres))
+    x[:, 0] = rated
+    x[:, 1] = value
+    x[:, 2] = value * value
+    x[np.flatnonzero(rated), 3 + rating_bins(rating, grid)[rated]] = 1.0
+    if n_genres:
+        genres = genre_matrix(mask, n_genres)
+        g0 = 3 + k
+        x[:, g0:g0 + n_genres] = genres
+        x[:, g0 + n_genres:g0 + 2 * n_genres] = genres * rated[:, None]
+        x[:, g0 + 2 * n_genres:] = genres * value[:, None]
+    return x
+
+
+def _sufficient(sums: np.ndarray, n_events: np.ndarray, first: np.ndarray, last: np.ndarray, k: int, g: int):
+    g0 = 3 + k
+    return Sufficient(
+        n_events=n_events,
+        n_rated=sums[:, 0],
+        rating_sum=sums[:, 1],
+        rating_sumsq=sums[:, 2],
+        first_ts=first,
+        last_ts=last,
+        hist=sums[:, 3:g0],
+        genre_events=sums[:, g0:g0 + g],
+        genre_rated=sums[:, g0 + g:g0 + 2 * g],
+        genre_sum=sums[:, g0 + 2 * g:],
+    )
 
 
 def prefix_sufficient(
@@ -161,26 +191,19 @@ def prefix_sufficient(
     new_instant[1:] |= ts[1:] != ts[:-1]
     entity_start = np.maximum.accumulate(np.where(new_entity, index, 0))
     instant_start = np.maximum.accumulate(np.where(new_instant, index, 0))
-    rated, value, hist, genres = _event_parts(rating, grid, mask, n_genres)
-
-    def before(x: np.ndarray) -> np.ndarray:
-        cum = np.zeros((n + 1,) + x.shape[1:], dtype=np.float64 if x.dtype.kind == "f" else np.int64)
-        np.cumsum(x, axis=0, out=cum[1:])
-        return cum[instant_start] - cum[entity_start]
-
+    x = _event_matrix(rating, grid, mask, n_genres)
+    cum = np.zeros((n + 1, x.shape[1]))
+    np.cumsum(x, axis=0, out=cum[1:])
+    before = cum[instant_start] - cum[entity_start]
     has_prior = instant_start > entity_start
     ts_f = ts.astype(np.float64)
-    return Sufficient(
-        n_events=(instant_start - entity_start).astype(np.int64),
-        n_rated=before(rated.astype(np.int64)),
-        rating_sum=before(value),
-        rating_sumsq=before(value * value),
-        first_ts=np.where(has_prior, ts_f[entity_start], np.nan),
-        last_ts=np.where(has_prior, ts_f[np.maximum(instant_start - 1, 0)], np.nan),
-        hist=before(hist),
-        genre_events=before(genres),
-        genre_rated=before(genres * rated[:, None]),
-        genre_sum=before(genres * value[:, None]),
+    return _sufficient(
+        before,
+        n_events=instant_start - entity_start,
+        first=np.where(has_prior, ts_f[entity_start], np.nan),
+        last=np.where(has_prior, ts_f[np.maximum(instant_start - 1, 0)], np.nan),
+        k=len(grid),
+        g=n_genres,
     )
 
 
@@ -198,20 +221,17 @@ def total_sufficient(
     new_entity = np.ones(n, dtype=bool)
     new_entity[1:] = codes[1:] != codes[:-1]
     starts = np.flatnonzero(new_entity)
-    rated, value, hist, genres = _event_parts(rating, grid, mask, n_genres)
-    total = lambda x: np.add.reduceat(x, starts, axis=0) if n else x[:0]  # noqa: E731
+    x = _event_matrix(rating, grid, mask, n_genres)
     ts_f = ts.astype(np.float64)
-    return starts, Sufficient(
-        n_events=np.diff(np.append(starts, n)).astype(np.int64),
-        n_rated=total(rated.astype(np.int64)),
-        rating_sum=total(value),
-        rating_sumsq=total(value * value),
-        first_ts=np.minimum.reduceat(ts_f, starts) if n else ts_f[:0],
-        last_ts=np.maximum.reduceat(ts_f, starts) if n else ts_f[:0],
-        hist=total(hist.astype(np.int64)),
-        genre_events=total(genres.astype(np.int64)),
-        genre_rated=total((genres * rated[:, None]).astype(np.int64)),
-        genre_sum=total(genres * value[:, None]),
+    if not n:
+        return starts, _sufficient(x, np.zeros(0, dtype=np.int64), ts_f, ts_f, len(grid), n_genres)
+    return starts, _sufficient(
+        np.add.reduceat(x, starts, axis=0),
+        n_events=np.diff(np.append(starts, n)),
+        first=np.minimum.reduceat(ts_f, starts),
+        last=np.maximum.reduceat(ts_f, starts),
+        k=len(grid),
+        g=n_genres,
     )
 
 
@@ -263,6 +283,24 @@ def transform(name: str, values: np.ndarray) -> np.ndarray:
 
 def is_log_column(name: str) -> bool:
     return name.endswith("_rating_count")
+
+
+def moments(values: np.ndarray) -> tuple[float, float, float]:
+    """(n, mean, M2 = sum of squared deviations) of the non-NaN values."""
+    x = values[~np.isnan(values)]
+    if not len(x):
+        return 0.0, 0.0, 0.0
+    mean = float(x.mean())
+    return float(len(x)), mean, float(((x - mean) ** 2).sum())
+
+
+def combine_moments(a: tuple[float, float, float], b: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Moments of the union of two sets (Chan et al.'s parallel update)."""
+    n = a[0] + b[0]
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    delta = b[1] - a[1]
+    return n, a[1] + delta * b[0] / n, a[2] + b[2] + delta * delta * a[0] * b[0] / n
 
 
 # -- iterative imputation ---------------------------------------------------------------------
@@ -334,13 +372,16 @@ class Finalizer:
         """{name: [n] raw values (NaN missing)} -> {name: [n] float32 imputed and standardised}."""
         if not self.names:
             return {}
-        x = np.column_stack([transform(n, np.asarray(raw[n], dtype=np.float64)) for n in self.names])
+        columns = [transform(n, np.asarray(raw[n], dtype=np.float64)) for n in self.names]
         if self.iterative is not None:
-            x = iterative_transform(x, self.iterative)
+            x = iterative_transform(np.column_stack(columns), self.iterative)
+            columns = [x[:, j] for j in range(len(self.names))]
         else:
-            x = np.where(np.isnan(x), np.asarray(self.impute)[None, :], x)
-        x = (x - np.asarray(self.mean)[None, :]) / np.asarray(self.std)[None, :]
-        return {name: x[:, j].astype(np.float32) for j, name in enumerate(self.names)}
+            columns = [np.where(np.isnan(c), v, c) for c, v in zip(columns, self.impute)]
+        return {
+            name: ((c - mean) / std).astype(np.float32)
+            for name, c, mean, std in zip(self.names, columns, self.mean, self.std)
+        }
 
 
 def safe_std(value: float | None) -> float:

@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -329,12 +330,18 @@ def _json_default(value):
 
 
 # -- side tables: every entity with its static (non-history) columns ----------------------------------
-def _entity_base(events: DataFrame, table: DataFrame | None, key: str) -> DataFrame:
-    """Every entity in the side table or in the events (one row each)."""
-    ids = events.select(key).distinct()
+def _entity_base(ids: DataFrame, table: DataFrame | None, key: str) -> DataFrame:
+    """Every entity in the side table or among ``ids`` (one row each)."""
     if table is None:
         return ids
     return table.join(ids, on=key, how="full_outer")
+
+
+def _ids(spark: SparkSession, values: Sequence, field: T.StructField) -> DataFrame:
+    """A one-column DataFrame of ids (e.g. a vocabulary) with the type of ``field``."""
+    arrow_type = pa.int64() if isinstance(field.dataType, T.IntegralType) else pa.string()
+    table = pa.table({field.name: pa.array(list(values), type=arrow_type)})
+    return spark.createDataFrame(table).select(F.col(field.name).cast(field.dataType))
 
 
 def _affinity_mask(col, values: Sequence, separator: str):
@@ -353,8 +360,11 @@ def _affinity_mask(col, values: Sequence, separator: str):
     return F.aggregate(F.array_distinct(bits), F.lit(0).cast("bigint"), lambda acc, b: acc.bitwiseOR(b))
 
 
-def side_static(events: DataFrame, table: DataFrame | None, state: FeatureState, side: str) -> DataFrame:
-    """Every user (or item) of ``table`` or ``events`` with its encoded non-history columns.
+def side_static(ids: DataFrame, table: DataFrame | None, state: FeatureState, side: str) -> DataFrame:
+    """Every user (or item) of ``table`` or ``ids`` with its encoded non-history columns.
+
+    Args:
+        ids: DataFrame[{side}_id] of the entities with events (one row each).
 
     Returns:
         DataFrame[{side}_id, {side}_idx: int, one column per declared feature
@@ -365,7 +375,7 @@ def side_static(events: DataFrame, table: DataFrame | None, state: FeatureState,
     key = f"{side}_id"
     decls = state.side_decls(side)
     vocab = state.user_vocab if side == "user" else state.item_vocab
-    frame = _entity_base(events, table, key)
+    frame = _entity_base(ids, table, key)
     frame = encode_categorical(frame, FeatureDecl(key, "categorical"), vocab, f"{side}_idx")
     out = [F.col(key), F.col(f"{side}_idx")]
     for d in decls:
@@ -442,7 +452,7 @@ class _SidePass:
         layout: the side's statistics.
         finalizer: imputation and scaling of the side's continuous columns (None while fitting).
         static: the side's static table (``side_static`` as Arrow).
-        item_keys, item_masks: every item id and its affinity mask (for the user side).
+        items: the items' static table (``side_static`` as Arrow, with the affinity masks).
         as_of_us: end of the window in microseconds.
     """
 
@@ -450,36 +460,39 @@ class _SidePass:
     layout: fs.StatLayout
     finalizer: fs.Finalizer | None
     static: pa.Table
-    item_keys: pa.Array
-    item_masks: np.ndarray
+    items: pa.Table
     as_of_us: int
 
     @property
     def key(self) -> str:
         return f"{self.side}_id"
 
-    def static_columns(self) -> list[str]:
-        """Static output columns: the idx and the encoded categoricals (not the raw continuous)."""
-        cont = set(self.finalizer.names) if self.finalizer else set()
-        return [c for c in self.static.column_names if c not in cont and c not in (self.key, MASK_COL)]
+    def static_columns(self, side: str | None = None) -> list[str]:
+        """Static output columns of a side: the idx and the encoded categoricals (not the raw continuous)."""
+        table = self.items if side == "item" else self.static
+        key = f"{side or self.side}_id"
+        return [c for c in table.column_names if c not in (key, MASK_COL) and table.schema.field(c).type != pa.float64()]
 
     def _sorted_events(self, table: pa.Table):
+        """Events sorted by entity and time: (order, entity codes, ts us, rating, item positions)."""
         codes = _positions(table[self.key], self.static[self.key].combine_chunks(), self.side)
         ts = _ts_us(table["ts"])
         order = np.lexsort((ts, codes))
-        rating = _float(table["rating"])[order]
-        if self.layout.affinity:
-            mask = self.item_masks[_positions(table["item_id"], self.item_keys, "item")][order]
-        else:
-            mask = np.zeros(len(order), dtype=np.int64)
-        return order, codes[order], ts[order], rating, mask
+        items = _positions(table["item_id"], self.items["item_id"].combine_chunks(), "item")[order]
+        return order, codes[order], ts[order], _float(table["rating"])[order], items
+
+    def _masks(self, item_positions: np.ndarray) -> np.ndarray:
+        if not self.layout.affinity:
+            return np.zeros(len(item_positions), dtype=np.int64)
+        return self.items[MASK_COL].to_numpy()[item_positions]
 
     def totals(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Per entity of the partition: {side}_id and its raw statistics over all its events."""
         table = _table(batches)
         if table is None:
             return
-        _, codes, ts, rating, mask = self._sorted_events(table)
+        _, codes, ts, rating, items = self._sorted_events(table)
+        mask = self._masks(items)
         grid = np.asarray(self.layout.grid)
         names = self.layout.names()
         keys = self.static[self.key].combine_chunks()
@@ -491,39 +504,43 @@ class _SidePass:
             ids = keys.take(pa.array(codes[lo:hi][starts]))
             yield pa.RecordBatch.from_arrays([ids] + [_nullable(stats[n]) for n in names], names=[self.key] + names)
 
-    def examples(self, batches: Iterator[pa.RecordBatch], columns: Sequence[str] | None = None):
+    def examples(self, batches: Iterator[pa.RecordBatch], columns: Sequence[str]):
         """The partition's events (sorted by entity and time) with this side's leakage-safe columns.
 
         Args:
-            columns: order of the output columns (default: input columns, then this side's).
+            columns: the output columns, in order: any input column, this
+                side's static and continuous columns and, on the user side,
+                the items' static columns.
 
         Yields:
-            Record batches: the input columns plus {side}_idx, the encoded
-            categoricals and the imputed, scaled continuous columns computed
-            from the entity's events strictly before each event.
+            Record batches of ``columns``; the continuous columns are computed
+            from the entity's events strictly before each event, then imputed
+            and scaled.
         """
         table = _table(batches)
         if table is None:
             return
-        order, codes, ts, rating, mask = self._sorted_events(table)
+        order, codes, ts, rating, items = self._sorted_events(table)
         table = table.take(pa.array(order))
+        mask = self._masks(items)
         grid = np.asarray(self.layout.grid)
-        static_cols = self.static_columns()
+        own_static = [c for c in self.static_columns() if c in columns]
+        item_static = [c for c in self.static_columns("item") if c in columns] if self.side == "user" else []
         declared = [n for n in self.finalizer.names if n in self.static.column_names]
         for lo, hi in fs.chunks(codes, fs.CHUNK_ROWS):
-            part = pa.array(codes[lo:hi])
             suff = fs.prefix_sufficient(
                 codes[lo:hi], ts[lo:hi], rating[lo:hi], grid, mask[lo:hi], len(self.layout.affinity)
             )
             raw = fs.statistics(suff, ts[lo:hi].astype(np.float64), self.layout)
-            static = self.static.select(static_cols + declared).take(part)
+            static = self.static.select(own_static + declared).take(pa.array(codes[lo:hi]))
             raw.update({n: _float(static[n]) for n in declared})
-            cont = self.finalizer(raw)
             out = {name: table[name].slice(lo, hi - lo) for name in table.column_names}
-            out.update({c: static[c] for c in static_cols})
-            out.update({n: pa.array(v) for n, v in cont.items()})
-            names = list(columns) if columns else table.column_names + static_cols + self.finalizer.names
-            yield pa.Table.from_pydict({n: out[n] for n in names}).combine_chunks().to_batches()[0]
+            out.update({c: static[c] for c in own_static})
+            out.update({n: pa.array(v) for n, v in self.finalizer(raw).items()})
+            if item_static:
+                looked_up = self.items.select(item_static).take(pa.array(items[lo:hi]))
+                out.update({c: looked_up[c] for c in item_static})
+            yield pa.Table.from_pydict({n: out[n] for n in columns}).combine_chunks().to_batches()[0]
 
 
 def _struct(fields: Sequence[T.StructField]) -> T.StructType:
@@ -550,8 +567,7 @@ def _side_passes(
             layout=state.layout(side),
             finalizer=state.finalizer(side) if fitted else None,
             static=static,
-            item_keys=items["item_id"].combine_chunks(),
-            item_masks=items[MASK_COL].to_numpy().astype(np.int64),
+            items=items,
             as_of_us=state.as_of_us(),
         )
         out[side] = (spark.sparkContext.broadcast(side_pass), side_pass)
@@ -607,23 +623,42 @@ def _rating_grid(train: DataFrame, grid_size: int) -> list[float]:
 
 
 def _fit_scalers(frame: DataFrame, names: Sequence[str], impute: str) -> dict[str, dict[str, float]]:
-    """Mean, std and imputation value of each continuous column (after log1p for counts)."""
+    """Mean, population std and imputation value of each continuous column (after log1p for counts).
+
+    Moments are computed per partition in NumPy and combined on the driver
+    (one narrow job, however many columns); the median, when asked for, with
+    Spark's percentile_approx (accuracy 10000).
+    """
     if not names:
         return {}
-    aggs = []
-    for i, name in enumerate(names):
-        x = F.log1p(F.col(name)) if fs.is_log_column(name) else F.col(name)
-        aggs += [F.avg(x).alias(f"m{i}"), F.stddev_pop(x).alias(f"s{i}")]
-        if impute == "median":
-            aggs.append(F.percentile_approx(x, F.lit(0.5), F.lit(10000)).alias(f"q{i}"))
-    row = frame.agg(*aggs).first().asDict()
+
+    def moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            stats = [fs.moments(fs.transform(n, _float(pa.chunked_array([batch.column(n)])))) for n in names]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(list(names)), *[pa.array([float(s[k]) for s in stats]) for k in range(3)]],
+                names=["name", "n", "mean", "m2"],
+            )
+
+    parts = frame.select(*names).mapInArrow(moments, "name string, n double, mean double, m2 double").collect()
+    combined = {name: (0.0, 0.0, 0.0) for name in names}
+    for row in parts:
+        combined[row["name"]] = fs.combine_moments(combined[row["name"]], (row["n"], row["mean"], row["m2"]))
+    medians = {}
+    if impute == "median":
+        aggs = [
+            F.percentile_approx(F.log1p(F.col(n)) if fs.is_log_column(n) else F.col(n), 0.5, 10000).alias(f"q{i}")
+            for i, n in enumerate(names)
+        ]
+        row = frame.agg(*aggs).first()
+        medians = {n: row[f"q{i}"] for i, n in enumerate(names)}
     scalers = {}
-    for i, name in enumerate(names):
-        mean = float(row[f"m{i}"]) if row[f"m{i}"] is not None else 0.0
-        value = row.get(f"q{i}", row[f"m{i}"])
+    for name in names:
+        n, mean, m2 = combined[name]
+        value = medians.get(name, mean if n else None)
         scalers[name] = {
-            "mean": mean,
-            "std": fs.safe_std(row[f"s{i}"]),
+            "mean": mean if n else 0.0,
+            "std": fs.safe_std(math.sqrt(m2 / n) if n else None),
             "impute": float(value) if value is not None else 0.0,
         }
     return scalers
@@ -653,6 +688,20 @@ def _fit_iterative(frame: DataFrame, names: Sequence[str], rows: int, settings: 
     return fs.iterative_params(imputer)
 
 
+class _Clock:
+    """Records the seconds between laps into ``timings`` (when given)."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
+
+
 @dataclasses.dataclass
 class FeatureTables:
     """Output of ``fit_transform``.
@@ -666,6 +715,12 @@ class FeatureTables:
     state: FeatureState
     user_features: DataFrame
     item_features: DataFrame
+    cached: list[DataFrame] = dataclasses.field(default_factory=list)
+
+    def release(self) -> None:
+        """Drop the cached entity frames (after the tables are written)."""
+        for frame in self.cached:
+            frame.unpersist()
 
 
 def fit_transform(
@@ -677,6 +732,7 @@ def fit_transform(
     item_decls: Sequence[FeatureDecl],
     as_of: dt.datetime | None = None,
     settings: FeatureSettings = FeatureSettings(),
+    timings: dict[str, float] | None = None,
 ) -> FeatureTables:
     """Fit the feature state on the training window and build the feature tables.
 
@@ -689,8 +745,10 @@ def fit_transform(
         as_of: the end of the training window ("days since" count to it);
             None: midnight UTC after the last training event.
         settings: the ``features`` config.
+        timings: when given, receives the seconds of each fitting step.
     """
     spark = train.sparkSession
+    clock = _Clock(timings)
     user_decls = [d for d in user_decls if users is not None and d.column in users.columns]
     item_decls = [d for d in item_decls if items is not None and d.column in items.columns]
     vocabs: dict[str, list] = {}
@@ -699,10 +757,13 @@ def fit_transform(
     affinity_decl = next(
         (d for d in item_decls if d.column == settings.affinity_column and d.kind == "multi_categorical"), None
     )
+    id_vocab = {key: sorted(r[0] for r in train.select(key).distinct().collect()) for key in ("user_id", "item_id")}
+    id_frames = {key: _ids(spark, vocab, train.schema[key]).cache() for key, vocab in id_vocab.items()}
+    user_ids, item_ids = id_frames["user_id"], id_frames["item_id"]
     for side, key, table, decls in (("user", "user_id", users, user_decls), ("item", "item_id", items, item_decls)):
         if table is None:
             continue
-        frame = table.join(train.select(key).distinct(), on=key, how="inner")
+        frame = table.join(id_frames[key], on=key, how="inner")
         counts, lengths = _category_counts(frame, side, decls)
         max_len.update(lengths)
         for d in decls:
@@ -719,8 +780,8 @@ def fit_transform(
     if as_of is None:
         as_of = dt.datetime.combine(next_day or dt.date(1970, 1, 1), dt.time(), tzinfo=dt.timezone.utc)
     state = FeatureState(
-        user_vocab=sorted(r[0] for r in train.select("user_id").distinct().collect()),
-        item_vocab=sorted(r[0] for r in train.select("item_id").distinct().collect()),
+        user_vocab=id_vocab["user_id"],
+        item_vocab=id_vocab["item_id"],
         vocabs=vocabs,
         scalers={},
         decls={"user": [dataclasses.asdict(d) for d in user_decls], "item": [dataclasses.asdict(d) for d in item_decls]},
@@ -732,9 +793,10 @@ def fit_transform(
         affinity_column=affinity_decl.column if affinity_decl else None,
         affinity=affinity,
     )
+    clock.lap("fit vocabularies, rating grid")
     partitions = _n_partitions(spark, n_train, settings.rows_per_partition)
-    item_static = side_static(train, items, state, "item").cache()
-    user_static = side_static(train, users, state, "user").cache()
+    item_static = side_static(item_ids, items, state, "item").cache()
+    user_static = side_static(user_ids, users, state, "user").cache()
     passes = _side_passes(spark, state, user_static, item_static, fitted=False)
     raw_frames = {}
     for side, static in (("user", user_static), ("item", item_static)):
@@ -750,8 +812,10 @@ def fit_transform(
             rows = len(state.user_vocab if side == "user" else state.item_vocab)
             state.imputer[side] = _fit_iterative(trained, names, rows, settings)
         raw_frames[side] = (frame, static)
+        clock.lap(f"fit {side} statistics, scalers, imputer")
     tables = {side: _finalize_entities(frame, state, side, static) for side, (frame, static) in raw_frames.items()}
-    return FeatureTables(state=state, user_features=tables["user"], item_features=tables["item"])
+    cached = [user_ids, item_ids, item_static, user_static] + [frame for frame, _ in raw_frames.values()]
+    return FeatureTables(state=state, user_features=tables["user"], item_features=tables["item"], cached=cached)
 
 
 def fit_feature_state(train: DataFrame, users: DataFrame | None, items: DataFrame | None, **kwargs) -> FeatureState:
@@ -793,8 +857,9 @@ def build_side_features(
     spark = events.sparkSession
     if side == "user" and state.affinity and items is None:
         raise ValueError("build_side_features(side='user'): the user genre affinity needs the items table (items=...)")
-    item_static = side_static(events, items if side == "user" else table, state, "item")
-    static = item_static if side == "item" else side_static(events, table, state, "user")
+    ids = {s: events.select(f"{s}_id").distinct() for s in ("user", "item")}
+    item_static = side_static(ids["item"], items if side == "user" else table, state, "item")
+    static = item_static if side == "item" else side_static(ids["user"], table, state, "user")
     bc, side_pass = _side_passes(spark, state, static if side == "user" else None, item_static, fitted=True)[side]
     totals = _totals(events, bc, side_pass, static, _n_partitions(spark, events.count(), rows_per_partition))
     return _finalize_entities(_with_totals(static, totals, side), state, side, static)
@@ -803,24 +868,32 @@ def build_side_features(
 def _example_passes(
     train: DataFrame, users: DataFrame | None, items: DataFrame | None, state: FeatureState, rows_per_partition: int
 ):
-    """The two leakage-safe passes: items (by item, by time), then users (by user, by time)."""
+    """The two leakage-safe passes: items (by item, by time), then users (by user, by time).
+
+    Only the events and the item statistics cross the second shuffle; the
+    user pass looks the static item columns up in the broadcast item table.
+
+    Returns:
+        (the events with item statistics, partitioned by user; the user pass
+        broadcast; the output columns; the output schema).
+    """
     spark = train.sparkSession
     events = train.select("user_id", "item_id", "rating", "ts")
     partitions = _n_partitions(spark, events.count(), rows_per_partition)
-    item_static = side_static(train, items, state, "item")
-    user_static = side_static(train, users, state, "user")
+    item_static = side_static(_ids(spark, state.item_vocab, train.schema["item_id"]), items, state, "item")
+    user_static = side_static(_ids(spark, state.user_vocab, train.schema["user_id"]), users, state, "user")
     passes = _side_passes(spark, state, user_static, item_static, fitted=True)
     (item_bc, item_pass), (user_bc, user_pass) = passes["item"], passes["user"]
-    item_fields = [item_static.schema[c] for c in item_pass.static_columns()]
-    item_fields += [T.StructField(n, T.FloatType()) for n in item_pass.finalizer.names]
+    item_stats = [T.StructField(n, T.FloatType()) for n in item_pass.finalizer.names]
+    stage_a = list(events.schema.fields) + item_stats
     with_items = events.repartition(partitions, "item_id").mapInArrow(
-        lambda batches: item_bc.value.examples(batches), _struct(list(events.schema.fields) + item_fields)
+        lambda batches: item_bc.value.examples(batches, [f.name for f in stage_a]), _struct(stage_a)
     )
     user_fields = [user_static.schema[c] for c in user_pass.static_columns()]
     user_fields += [T.StructField(n, T.FloatType()) for n in user_pass.finalizer.names]
+    item_fields = [item_static.schema[c] for c in item_pass.static_columns()] + item_stats
     fields = list(events.schema.fields) + user_fields + item_fields
-    columns = [f.name for f in fields]
-    return with_items.repartition(partitions, "user_id"), user_bc, columns, _struct(fields)
+    return with_items.repartition(partitions, "user_id"), user_bc, [f.name for f in fields], _struct(fields)
 
 
 def _rating_float(batch: pa.RecordBatch) -> pa.RecordBatch:

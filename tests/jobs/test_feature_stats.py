@@ -72,3 +72,17 @@ def test_iterative_transform_equals_scikit_learn():
     new = x[:50].copy()
     new[rng.random(new.shape) < 0.3] = np.nan
     np.testing.assert_allclose(fs.iterative_transform(new, params), imputer.transform(new), rtol=1e-10, atol=1e-10)
+
+
+def test_moments_combine_to_the_whole():
+    rng = np.random.default_rng(3)
+    x = rng.normal(5, 2, size=101)
+    x[::7] = np.nan
+    parts = [fs.moments(chunk) for chunk in np.array_split(x, 4)] + [fs.moments(x[:0])]
+    total = (0.0, 0.0, 0.0)
+    for part in parts:
+        total = fs.combine_moments(total, part)
+    clean = x[~np.isnan(x)]
+    assert total[0] == len(clean)
+    assert total[1] == pytest.approx(clean.mean(), rel=1e-12)
+    assert np.sqrt(total[2] / total[0]) == pytest.approx(clean.std(), rel=1e-12)
