@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +27,34 @@ from jobs import features, sources, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and all its descendants.
+
+    Spark's JVM and its Python workers are descendants of this driver; the
+    CPU of exited workers is counted through their parents' cutime/cstime.
+    Read from /proc (Linux), so it does not depend on other load on the machine.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = sum(int(v) for v in fields[11:15]) / tick
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
 def _timed(timings: dict, name: str, fn):
     start = time.perf_counter()
     result = fn()
@@ -35,20 +62,34 @@ def _timed(timings: dict, name: str, fn):
     return result
 
 
-def _feature_stage(spark, folder: str, out: str, as_of: dt.datetime, timings: dict) -> int:
+class Steps:
+    """Wall and CPU seconds between calls (the ``on_step`` of ``fit_transform``)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), cpu_seconds()
+
+    def __call__(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        self.wall[name], self.cpu[name] = wall - self._wall, cpu - self._cpu
+        self._wall, self._cpu = wall, cpu
+
+
+def _feature_stage(spark, folder: str, out: str, as_of: dt.datetime, steps: Steps):
     train = spark.read.parquet(os.path.join(folder, "ratings"))
     users = spark.read.parquet(os.path.join(folder, "users"))
     items = spark.read.parquet(os.path.join(folder, "items"))
     fitted = features.fit_transform(
         train, users, items, user_decls=features.MOVIELENS_USER_FEATURES,
-        item_decls=features.MOVIELENS_ITEM_FEATURES, as_of=as_of, timings=timings,
+        item_decls=features.MOVIELENS_ITEM_FEATURES, as_of=as_of, on_step=steps,
     )
-    _timed(timings, "write user_features", lambda: fitted.user_features.write.mode("overwrite").parquet(
-        os.path.join(out, "user_features")))
-    _timed(timings, "write item_features", lambda: fitted.item_features.write.mode("overwrite").parquet(
-        os.path.join(out, "item_features")))
-    rows = _timed(timings, "examples (item pass + user pass + write)", lambda: features.write_training_examples(
-        train, users, items, fitted.state, os.path.join(out, "examples")))
+    fitted.user_features.write.mode("overwrite").parquet(os.path.join(out, "user_features"))
+    steps("write user_features")
+    fitted.item_features.write.mode("overwrite").parquet(os.path.join(out, "item_features"))
+    steps("write item_features")
+    rows = features.write_training_examples(train, users, items, fitted.state, os.path.join(out, "examples"))
+    steps("examples (item pass + user pass + write)")
     fitted.release()
     return rows, fitted.state
 
@@ -58,7 +99,7 @@ def _examples_breakdown(spark, folder: str, state) -> dict:
     train = spark.read.parquet(os.path.join(folder, "ratings"))
     users = spark.read.parquet(os.path.join(folder, "users"))
     items = spark.read.parquet(os.path.join(folder, "items"))
-    shuffled, _, _, _ = features._example_passes(train, users, items, state, 500_000)
+    shuffled, _, _ = features._example_passes(train, users, items, state, 500_000)
     timings = {}
     _timed(timings, "item pass only (noop sink)", lambda: shuffled.write.format("noop").mode("overwrite").save())
     examples = features.training_examples(train, users, items, state)
@@ -71,8 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ratings", type=int, default=10_000_000, help="number of synthetic ratings (about)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="4g")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs of the feature stage (median printed)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of the feature stage in one session; the last is reported (the first pays the JVM warm-up)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the untimed examples breakdown")
+    parser.add_argument("--source", help="reuse ratings/, users/, items/ Parquet written by an earlier run (--keep)")
+    parser.add_argument("--keep", help="write the generated ratings/, users/, items/ to this folder and keep them")
     args = parser.parse_args(argv)
 
     scratch = tempfile.mkdtemp(prefix="nightrec-bench-features-")
@@ -83,41 +127,45 @@ def main(argv=None) -> int:
         n_users=max(10, round(args.ratings / per_user)), n_items=max(100, min(20_000, args.ratings // 500)),
         ratings_per_user=per_user, days=365, end_date=dt.date(2024, 6, 30), seed=7,
     )
-    folder = os.path.join(scratch, "source")
+    folder = args.source or args.keep or os.path.join(scratch, "source")
     start = time.perf_counter()
-    source = sources.load_synthetic(spark, spec, in_spark=True)
-    source.interactions.write.parquet(os.path.join(folder, "ratings"))
-    source.users.write.parquet(os.path.join(folder, "users"))
-    source.items.write.parquet(os.path.join(folder, "items"))
+    if not args.source:
+        source = sources.load_synthetic(spark, spec, in_spark=True)
+        source.interactions.write.mode("overwrite").parquet(os.path.join(folder, "ratings"))
+        source.users.write.mode("overwrite").parquet(os.path.join(folder, "users"))
+        source.items.write.mode("overwrite").parquet(os.path.join(folder, "items"))
     n = spark.read.parquet(os.path.join(folder, "ratings")).count()
-    print(f"generated {n:,} ratings ({spec.n_users:,} users, {spec.n_items:,} items) in Spark in "
-          f"{time.perf_counter() - start:.1f}s (not timed); master {args.master}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{'read' if args.source else 'generated'} {n:,} ratings in {time.perf_counter() - start:.1f}s (not timed); "
+          f"master {args.master}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
     as_of = dt.datetime.combine(spec.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
     walls, runs = [], []
     for run in range(args.repeat):
-        timings: dict[str, float] = {}
         out = os.path.join(scratch, f"out{run}")
         start = time.perf_counter()
-        rows, state = _feature_stage(spark, folder, out, as_of, timings)
+        steps = Steps()
+        rows, state = _feature_stage(spark, folder, out, as_of, steps)
         walls.append(time.perf_counter() - start)
-        runs.append(timings)
+        runs.append(steps)
         print(f"run {run + 1}: feature stage {walls[-1]:.1f}s, {rows:,} examples, load average "
               f"{os.getloadavg()[0]:.1f}", flush=True)
-    wall = statistics.median(walls)
-    timings = runs[walls.index(sorted(walls)[len(walls) // 2])]
+    wall = walls[-1]
+    steps = runs[-1]
+    cpu = sum(steps.cpu.values())
+    cores = int(args.master[len("local["):-1]) if args.master[len("local["):-1].isdigit() else os.cpu_count()
     spec_cols = state.model_spec()
     n_cont = len(spec_cols["user"]["continuous"]) + len(spec_cols["item"]["continuous"])
-    print(f"\nfeature stage on {n:,} ratings, {args.master}: {wall:.1f}s wall (median of {len(walls)}), "
+    print(f"\nfeature stage on {n:,} ratings, {args.master}: {wall:.1f}s wall (run {len(walls)} of {len(walls)}), "
           f"{n / wall:,.0f} ratings/s; target 10M in <= 60 s (= {10_000_000 / 60:,.0f} ratings/s)")
+    print(f"CPU used by the driver, the JVM and the Python workers: {cpu:.1f}s; on {cores} otherwise idle cores "
+          f"that is at least {cpu / cores:.1f}s wall ({n / (cpu / cores):,.0f} ratings/s at full use)")
     print(f"examples: {rows:,} rows x {n_cont} continuous + ids/categoricals")
-    print("sub-stages (s):")
-    for name, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<44} {seconds:7.1f}  {seconds / wall:6.1%}")
+    print(f"sub-stages:{'wall s':>37}{'share':>8}{'CPU s':>9}")
+    for name, seconds in sorted(steps.wall.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<40} {seconds:7.1f}  {seconds / wall:6.1%}  {steps.cpu[name]:7.1f}")
     if not args.no_breakdown:
         breakdown = _examples_breakdown(spark, folder, state)
-        total = timings["examples (item pass + user pass + write)"]
+        total = steps.wall["examples (item pass + user pass + write)"]
         item_pass = breakdown["item pass only (noop sink)"]
         both = breakdown["item + user pass (noop sink)"]
         print("examples breakdown (separate untimed runs with a no-op sink):")

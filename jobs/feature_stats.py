@@ -130,17 +130,21 @@ def genre_matrix(mask: np.ndarray, n_genres: int) -> np.ndarray:
     return ((mask[:, None] >> np.arange(n_genres, dtype=np.int64)) & 1).astype(np.float64)
 
 
-def _event_matrix(rating: np.ndarray, grid: np.ndarray, mask: np.ndarray, n_genres: int) -> np.ndarray:
-    """Per event, the summands of every sufficient statistic side by side: [n, 3 + K + 3G] float64.
+def _event_matrix(rating: np.ndarray, grid: np.ndarray, mask: np.ndarray, n_genres: int) -> tuple[np.ndarray, bool]:
+    """Per event, the summands of every sufficient statistic side by side.
 
-    Columns: rated (0/1), rating (0 when missing), rating^2, the one-hot grid
-    bin (K), the one-hot affinity values (G), those times rated (G), those
-    times the rating (G). Counts stay exact in float64 (below 2^53).
+    Returns:
+        ([n, 3 + K + 3G] float64, all_rated). Columns: rated (0/1), rating (0
+        when missing), rating^2, the one-hot grid bin (K), the one-hot
+        affinity values (G), those times rated (G; left out when every event
+        is rated: then it equals the previous G), those times the rating (G).
+        Counts stay exact in float64 (below 2^53).
     """
     n, k = len(rating), len(grid)
     rated = ~np.isnan(rating)
+    all_rated = bool(rated.all())
     value = np.where(rated, rating, 0.0)
-    x = np.zeros((n, 3 + k + 3 * n_genres))
+    x = np.zeros((n, 3 + k + (2 if all_rated else 3) * n_genres))
     x[:, 0] = rated
     x[:, 1] = value
     x[:, 2] = value * value
@@ -149,13 +153,15 @@ def _event_matrix(rating: np.ndarray, grid: np.ndarray, mask: np.ndarray, n_genr
         genres = genre_matrix(mask, n_genres)
         g0 = 3 + k
         x[:, g0:g0 + n_genres] = genres
-        x[:, g0 + n_genres:g0 + 2 * n_genres] = genres * rated[:, None]
-        x[:, g0 + 2 * n_genres:] = genres * value[:, None]
-    return x
+        if not all_rated:
+            x[:, g0 + n_genres:g0 + 2 * n_genres] = genres * rated[:, None]
+        x[:, -n_genres:] = genres * value[:, None]
+    return x, all_rated
 
 
-def _sufficient(sums: np.ndarray, n_events: np.ndarray, first: np.ndarray, last: np.ndarray, k: int, g: int):
+def _sufficient(sums: np.ndarray, all_rated: bool, n_events, first, last, k: int, g: int) -> "Sufficient":
     g0 = 3 + k
+    genre_events = sums[:, g0:g0 + g]
     return Sufficient(
         n_events=n_events,
         n_rated=sums[:, 0],
@@ -164,9 +170,9 @@ def _sufficient(sums: np.ndarray, n_events: np.ndarray, first: np.ndarray, last:
         first_ts=first,
         last_ts=last,
         hist=sums[:, 3:g0],
-        genre_events=sums[:, g0:g0 + g],
-        genre_rated=sums[:, g0 + g:g0 + 2 * g],
-        genre_sum=sums[:, g0 + 2 * g:],
+        genre_events=genre_events,
+        genre_rated=genre_events if all_rated else sums[:, g0 + g:g0 + 2 * g],
+        genre_sum=sums[:, sums.shape[1] - g:],
     )
 
 
@@ -191,7 +197,7 @@ def prefix_sufficient(
     new_instant[1:] |= ts[1:] != ts[:-1]
     entity_start = np.maximum.accumulate(np.where(new_entity, index, 0))
     instant_start = np.maximum.accumulate(np.where(new_instant, index, 0))
-    x = _event_matrix(rating, grid, mask, n_genres)
+    x, all_rated = _event_matrix(rating, grid, mask, n_genres)
     cum = np.zeros((n + 1, x.shape[1]))
     np.cumsum(x, axis=0, out=cum[1:])
     before = cum[instant_start] - cum[entity_start]
@@ -199,6 +205,7 @@ def prefix_sufficient(
     ts_f = ts.astype(np.float64)
     return _sufficient(
         before,
+        all_rated,
         n_events=instant_start - entity_start,
         first=np.where(has_prior, ts_f[entity_start], np.nan),
         last=np.where(has_prior, ts_f[np.maximum(instant_start - 1, 0)], np.nan),
@@ -221,12 +228,13 @@ def total_sufficient(
     new_entity = np.ones(n, dtype=bool)
     new_entity[1:] = codes[1:] != codes[:-1]
     starts = np.flatnonzero(new_entity)
-    x = _event_matrix(rating, grid, mask, n_genres)
+    x, all_rated = _event_matrix(rating, grid, mask, n_genres)
     ts_f = ts.astype(np.float64)
     if not n:
-        return starts, _sufficient(x, np.zeros(0, dtype=np.int64), ts_f, ts_f, len(grid), n_genres)
+        return starts, _sufficient(x, all_rated, np.zeros(0, dtype=np.int64), ts_f, ts_f, len(grid), n_genres)
     return starts, _sufficient(
         np.add.reduceat(x, starts, axis=0),
+        all_rated,
         n_events=np.diff(np.append(starts, n)),
         first=np.minimum.reduceat(ts_f, starts),
         last=np.maximum.reduceat(ts_f, starts),

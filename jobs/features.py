@@ -40,7 +40,6 @@ import math
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -61,6 +60,7 @@ _MAP_LITERAL_LIMIT = 5000
 #: Genre affinity uses a 63-bit mask per item: at most this many values (the most frequent).
 MAX_AFFINITY_VALUES = 63
 MASK_COL = "_affinity_mask"
+PACKED_COL = "_packed"
 
 Kind = Literal["continuous", "categorical", "multi_categorical"]
 
@@ -504,43 +504,96 @@ class _SidePass:
             ids = keys.take(pa.array(codes[lo:hi][starts]))
             yield pa.RecordBatch.from_arrays([ids] + [_nullable(stats[n]) for n in names], names=[self.key] + names)
 
-    def examples(self, batches: Iterator[pa.RecordBatch], columns: Sequence[str]):
-        """The partition's events (sorted by entity and time) with this side's leakage-safe columns.
+    def _continuous(self, codes: np.ndarray, ts: np.ndarray, rating: np.ndarray, items: np.ndarray, lo: int, hi: int):
+        """Imputed, scaled continuous columns of events [lo, hi) from the entity's strictly earlier events."""
+        suff = fs.prefix_sufficient(
+            codes[lo:hi], ts[lo:hi], rating[lo:hi], np.asarray(self.layout.grid), self._masks(items[lo:hi]),
+            len(self.layout.affinity),
+        )
+        raw = fs.statistics(suff, ts[lo:hi].astype(np.float64), self.layout)
+        declared = [n for n in self.finalizer.names if n in self.static.column_names]
+        static = self.static.select(declared).take(pa.array(codes[lo:hi]))
+        raw.update({n: _float(static[n]) for n in declared})
+        return self.finalizer(raw)
 
-        Args:
-            columns: the output columns, in order: any input column, this
-                side's static and continuous columns and, on the user side,
-                the items' static columns.
+    def packed_type(self) -> np.dtype:
+        """The record the item pass packs per event: ts, rating and the item statistics."""
+        return np.dtype([("ts", "<i8"), ("rating", "<f8"), ("stats", "<f4", (len(self.finalizer.names),))])
 
-        Yields:
-            Record batches of ``columns``; the continuous columns are computed
-            from the entity's events strictly before each event, then imputed
-            and scaled.
+    def item_examples(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Item pass: (user_id, item_id, _packed) per event, _packed = ts, rating and the item statistics.
+
+        Packing the numbers into one binary column makes the following
+        shuffle by user several times cheaper than one column per statistic.
         """
         table = _table(batches)
         if table is None:
             return
         order, codes, ts, rating, items = self._sorted_events(table)
-        table = table.take(pa.array(order))
-        mask = self._masks(items)
-        grid = np.asarray(self.layout.grid)
-        own_static = [c for c in self.static_columns() if c in columns]
-        item_static = [c for c in self.static_columns("item") if c in columns] if self.side == "user" else []
-        declared = [n for n in self.finalizer.names if n in self.static.column_names]
+        table = table.select(["user_id", "item_id"]).take(pa.array(order))
+        record = self.packed_type()
         for lo, hi in fs.chunks(codes, fs.CHUNK_ROWS):
-            suff = fs.prefix_sufficient(
-                codes[lo:hi], ts[lo:hi], rating[lo:hi], grid, mask[lo:hi], len(self.layout.affinity)
+            cont = self._continuous(codes, ts, rating, items, lo, hi)
+            packed = np.empty(hi - lo, dtype=record)
+            packed["ts"], packed["rating"] = ts[lo:hi], rating[lo:hi]
+            for j, name in enumerate(self.finalizer.names):
+                packed["stats"][:, j] = cont[name]
+            binary = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(record.itemsize), hi - lo, [None, pa.py_buffer(packed.tobytes())]
+            ).cast(pa.binary())
+            yield pa.RecordBatch.from_arrays(
+                [table["user_id"].slice(lo, hi - lo).combine_chunks(), table["item_id"].slice(lo, hi - lo).combine_chunks(),
+                 binary],
+                names=["user_id", "item_id", PACKED_COL],
             )
-            raw = fs.statistics(suff, ts[lo:hi].astype(np.float64), self.layout)
-            static = self.static.select(own_static + declared).take(pa.array(codes[lo:hi]))
-            raw.update({n: _float(static[n]) for n in declared})
-            out = {name: table[name].slice(lo, hi - lo) for name in table.column_names}
-            out.update({c: static[c] for c in own_static})
-            out.update({n: pa.array(v) for n, v in self.finalizer(raw).items()})
-            if item_static:
-                looked_up = self.items.select(item_static).take(pa.array(items[lo:hi]))
-                out.update({c: looked_up[c] for c in item_static})
+
+    def user_examples(
+        self, batches: Iterator[pa.RecordBatch], columns: Sequence[str], item_record: np.dtype, item_names: Sequence[str]
+    ) -> Iterator[pa.RecordBatch]:
+        """User pass over the item pass's output: the finished examples, sorted by user and time.
+
+        Yields:
+            Record batches of ``columns``: user_id, item_id, rating (float),
+            ts, the user's static and continuous columns (from the user's
+            events strictly before ts) and the item's (looked up, and unpacked).
+        """
+        table = _table(batches)
+        if table is None:
+            return
+        packed = _unpack(table[PACKED_COL], item_record)
+        codes = _positions(table["user_id"], self.static["user_id"].combine_chunks(), "user")
+        order = np.lexsort((packed["ts"], codes))
+        codes, packed = codes[order], packed[order]
+        ts, rating = packed["ts"], packed["rating"]
+        items = _positions(table["item_id"], self.items["item_id"].combine_chunks(), "item")[order]
+        table = table.select(["user_id", "item_id"]).take(pa.array(order))
+        user_static = [c for c in self.static_columns() if c in columns]
+        item_static = [c for c in self.static_columns("item") if c in columns]
+        for lo, hi in fs.chunks(codes, fs.CHUNK_ROWS):
+            out = {
+                "user_id": table["user_id"].slice(lo, hi - lo),
+                "item_id": table["item_id"].slice(lo, hi - lo),
+                "rating": pa.array(rating[lo:hi].astype(np.float32), from_pandas=True),
+                "ts": pa.array(ts[lo:hi], type=pa.timestamp("us", tz="UTC")),
+            }
+            static = self.static.select(user_static).take(pa.array(codes[lo:hi]))
+            out.update({c: static[c] for c in user_static})
+            out.update({n: pa.array(v) for n, v in self._continuous(codes, ts, rating, items, lo, hi).items()})
+            looked_up = self.items.select(item_static).take(pa.array(items[lo:hi]))
+            out.update({c: looked_up[c] for c in item_static})
+            out.update({n: pa.array(np.ascontiguousarray(packed["stats"][lo:hi, j])) for j, n in enumerate(item_names)})
             yield pa.Table.from_pydict({n: out[n] for n in columns}).combine_chunks().to_batches()[0]
+
+
+def _unpack(column: pa.ChunkedArray, record: np.dtype) -> np.ndarray:
+    """Binary values of ``record.itemsize`` bytes each -> a structured array of ``record``."""
+    array = column.combine_chunks()
+    offsets_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(array.buffers()[1], dtype=offsets_type)[array.offset:array.offset + len(array) + 1]
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    if len(data) != len(array) * record.itemsize:
+        raise ValueError(f"packed item statistics: expected {record.itemsize} bytes per row")
+    return data.view(record)
 
 
 def _struct(fields: Sequence[T.StructField]) -> T.StructType:
@@ -688,20 +741,6 @@ def _fit_iterative(frame: DataFrame, names: Sequence[str], rows: int, settings: 
     return fs.iterative_params(imputer)
 
 
-class _Clock:
-    """Records the seconds between laps into ``timings`` (when given)."""
-
-    def __init__(self, timings: dict[str, float] | None):
-        self.timings = timings
-        self.last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
-        self.last = now
-
-
 @dataclasses.dataclass
 class FeatureTables:
     """Output of ``fit_transform``.
@@ -732,7 +771,7 @@ def fit_transform(
     item_decls: Sequence[FeatureDecl],
     as_of: dt.datetime | None = None,
     settings: FeatureSettings = FeatureSettings(),
-    timings: dict[str, float] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> FeatureTables:
     """Fit the feature state on the training window and build the feature tables.
 
@@ -745,10 +784,10 @@ def fit_transform(
         as_of: the end of the training window ("days since" count to it);
             None: midnight UTC after the last training event.
         settings: the ``features`` config.
-        timings: when given, receives the seconds of each fitting step.
+        on_step: called with the name of each fitting step as it finishes (for benchmarks).
     """
     spark = train.sparkSession
-    clock = _Clock(timings)
+    step = on_step or (lambda name: None)
     user_decls = [d for d in user_decls if users is not None and d.column in users.columns]
     item_decls = [d for d in item_decls if items is not None and d.column in items.columns]
     vocabs: dict[str, list] = {}
@@ -793,7 +832,7 @@ def fit_transform(
         affinity_column=affinity_decl.column if affinity_decl else None,
         affinity=affinity,
     )
-    clock.lap("fit vocabularies, rating grid")
+    step("fit vocabularies, rating grid")
     partitions = _n_partitions(spark, n_train, settings.rows_per_partition)
     item_static = side_static(item_ids, items, state, "item").cache()
     user_static = side_static(user_ids, users, state, "user").cache()
@@ -812,7 +851,7 @@ def fit_transform(
             rows = len(state.user_vocab if side == "user" else state.item_vocab)
             state.imputer[side] = _fit_iterative(trained, names, rows, settings)
         raw_frames[side] = (frame, static)
-        clock.lap(f"fit {side} statistics, scalers, imputer")
+        step(f"fit {side} statistics, scalers, imputer")
     tables = {side: _finalize_entities(frame, state, side, static) for side, (frame, static) in raw_frames.items()}
     cached = [user_ids, item_ids, item_static, user_static] + [frame for frame, _ in raw_frames.values()]
     return FeatureTables(state=state, user_features=tables["user"], item_features=tables["item"], cached=cached)
@@ -867,15 +906,16 @@ def build_side_features(
 
 def _example_passes(
     train: DataFrame, users: DataFrame | None, items: DataFrame | None, state: FeatureState, rows_per_partition: int
-):
+) -> tuple[DataFrame, Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], T.StructType]:
     """The two leakage-safe passes: items (by item, by time), then users (by user, by time).
 
-    Only the events and the item statistics cross the second shuffle; the
-    user pass looks the static item columns up in the broadcast item table.
+    Only the ids and the packed numbers of the item pass cross the second
+    shuffle; the user pass looks the static item columns up in the broadcast
+    item table.
 
     Returns:
-        (the events with item statistics, partitioned by user; the user pass
-        broadcast; the output columns; the output schema).
+        (the item pass's output partitioned by user, the user pass as a
+        function of record batches, the schema of the examples).
     """
     spark = train.sparkSession
     events = train.select("user_id", "item_id", "rating", "ts")
@@ -884,21 +924,20 @@ def _example_passes(
     user_static = side_static(_ids(spark, state.user_vocab, train.schema["user_id"]), users, state, "user")
     passes = _side_passes(spark, state, user_static, item_static, fitted=True)
     (item_bc, item_pass), (user_bc, user_pass) = passes["item"], passes["user"]
-    item_stats = [T.StructField(n, T.FloatType()) for n in item_pass.finalizer.names]
-    stage_a = list(events.schema.fields) + item_stats
+    packed = _struct([train.schema["user_id"], train.schema["item_id"], T.StructField(PACKED_COL, T.BinaryType())])
     with_items = events.repartition(partitions, "item_id").mapInArrow(
-        lambda batches: item_bc.value.examples(batches, [f.name for f in stage_a]), _struct(stage_a)
+        lambda batches: item_bc.value.item_examples(batches), packed
     )
-    user_fields = [user_static.schema[c] for c in user_pass.static_columns()]
-    user_fields += [T.StructField(n, T.FloatType()) for n in user_pass.finalizer.names]
-    item_fields = [item_static.schema[c] for c in item_pass.static_columns()] + item_stats
-    fields = list(events.schema.fields) + user_fields + item_fields
-    return with_items.repartition(partitions, "user_id"), user_bc, [f.name for f in fields], _struct(fields)
+    floats = lambda names: [T.StructField(n, T.FloatType()) for n in names]  # noqa: E731
+    fields = [train.schema["user_id"], train.schema["item_id"], T.StructField("rating", T.FloatType()), train.schema["ts"]]
+    fields += [user_static.schema[c] for c in user_pass.static_columns()] + floats(user_pass.finalizer.names)
+    fields += [item_static.schema[c] for c in item_pass.static_columns()] + floats(item_pass.finalizer.names)
+    columns, record, item_names = [f.name for f in fields], item_pass.packed_type(), item_pass.finalizer.names
 
+    def user_examples(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return user_bc.value.user_examples(batches, columns, record, item_names)
 
-def _rating_float(batch: pa.RecordBatch) -> pa.RecordBatch:
-    index = batch.schema.get_field_index("rating")
-    return batch.set_column(index, "rating", pc.cast(batch.column(index), pa.float32()))
+    return with_items.repartition(partitions, "user_id"), user_examples, _struct(fields)
 
 
 def training_examples(
@@ -911,23 +950,18 @@ def training_examples(
 ) -> DataFrame:
     """One leakage-safe example per training event.
 
-    Every statistic of an example is computed from the user's (item's)
-    events strictly before the example's timestamp, then imputed and scaled
-    with the state's training-window values; the static columns are the
-    same as in the feature tables.
+    ``train`` must be the events ``state`` was fitted on. Every statistic of
+    an example is computed from the user's (item's) events strictly before
+    the example's timestamp, then imputed and scaled with the state's
+    training-window values; the static columns are the same as in the
+    feature tables.
 
     Returns:
         DataFrame[user_id, item_id, rating: float, ts, the user columns of
         the spec, the item columns of the spec].
     """
-    shuffled, user_bc, columns, schema = _example_passes(train, users, items, state, rows_per_partition)
-    fields = [T.StructField("rating", T.FloatType()) if f.name == "rating" else f for f in schema.fields]
-
-    def run(batches):
-        for batch in user_bc.value.examples(batches, columns):
-            yield _rating_float(batch)
-
-    return shuffled.mapInArrow(run, _struct(fields))
+    shuffled, user_examples, schema = _example_passes(train, users, items, state, rows_per_partition)
+    return shuffled.mapInArrow(user_examples, schema)
 
 
 def _local_dir(path: str) -> str | None:
@@ -959,7 +993,7 @@ def write_training_examples(
         examples = training_examples(train, users, items, state, rows_per_partition=rows_per_partition)
         examples.write.mode("overwrite").parquet(path)
         return examples.sparkSession.read.parquet(path).count()
-    shuffled, user_bc, columns, _ = _example_passes(train, users, items, state, rows_per_partition)
+    shuffled, user_examples, _ = _example_passes(train, users, items, state, rows_per_partition)
     local = os.path.abspath(local)
     if os.path.exists(local):
         shutil.rmtree(local)
@@ -971,11 +1005,12 @@ def write_training_examples(
         import pyarrow.parquet as pq
 
         writer, rows, tmp = None, 0, None
-        for batch in user_bc.value.examples(batches, columns):
-            batch = _rating_float(batch)
+        for batch in user_examples(batches):
             if writer is None:
                 tmp = os.path.join(local, f".tmp-{uuid.uuid4().hex}.parquet")
-                writer = pq.ParquetWriter(tmp, batch.schema, compression="snappy")
+                # dictionaries pay off for the ids and categoricals, not for the statistics
+                encoded = [f.name for f in batch.schema if not (pa.types.is_floating(f.type) or pa.types.is_timestamp(f.type))]
+                writer = pq.ParquetWriter(tmp, batch.schema, compression="snappy", use_dictionary=encoded)
             writer.write_batch(batch)
             rows += batch.num_rows
         if writer is not None:

@@ -337,3 +337,15 @@ def test_iterative_imputer_fills_from_the_other_columns(spark):
     assert not table.isna().any().any()
     # univariate imputation would give every missing age the same value; these depend on the other columns
     assert table.loc[[5, 10, 15, 20], "user_age"].nunique() > 1
+
+
+def test_tags_before_the_window_end_most_used_first(spark):
+    tags = spark.createDataFrame(
+        [(1, 10, "Funny", T0), (2, 10, "funny ", T0), (3, 10, "dark", T0), (1, 10, "b|c", T0),
+         (1, 10, "late", AS_OF), (1, 11, "x", T0)],
+        "user_id bigint, item_id bigint, tag string, ts timestamp",
+    )
+    items = spark.createDataFrame([(10,), (11,), (12,)], "item_id bigint")
+    rows = {r.item_id: r.tags for r in features.attach_tags(items, tags, as_of=AS_OF, max_per_item=2).collect()}
+    # item 10: funny (2 uses), then the alphabetically first of the single uses; 'late' is not before as_of
+    assert rows == {10: "funny|b/c", 11: "x", 12: None}
