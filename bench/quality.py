@@ -29,16 +29,17 @@ What it runs (all in one process, one SparkSession, seeds fixed):
    (``COLD_ID_DROPOUT``), early-stopped on a further 10% of users (items)
    held out of training the same way.
 
-The split is done here, inside bench/, with seeded hashes (the product's
-``jobs.split`` only has the temporal split on main so far); the features
-are built by ``jobs.features`` (the product's feature stage), and the
-ranking metrics by ``jobs.evaluate``.
+The data is read by the product's loader and ingest (``jobs.sources``,
+``jobs.ingest``), split by ``jobs.split.stratified_split``, the features and
+leakage-safe training examples built by ``jobs.features`` (the nightly
+feature stage), and the ranking metrics computed by ``jobs.evaluate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import os
 import shutil
 import sys
@@ -54,51 +55,23 @@ import pyarrow as pa  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession, Window  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from jobs import evaluate, features, synthetic  # noqa: E402
+from jobs import evaluate, features, ingest, sources, split, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
 K = 10
-ML_ITEM_FEATURES = (
-    features.FeatureDecl("year", "continuous"),
-    features.FeatureDecl("genres", "multi_categorical", separator="|"),
-)
+ML_ITEM_FEATURES = features.MOVIELENS_ITEM_FEATURES   # year, genres (ml-latest has no user demographics)
 
 
 # -- data ------------------------------------------------------------------------------------
 def load_movielens(spark: SparkSession, folder: str) -> tuple[DataFrame, DataFrame]:
-    """ml-latest-small CSVs -> (ratings[user_id, item_id, rating, ts], movies[item_id, year, genres]).
+    """ml-latest-small through the product's loader and ingest (bad rows quarantined, as in a run).
 
-    Read here with Spark directly: the product's MovieLens loader (jobs.sources)
-    is being added in another change.
+    Returns:
+        (ratings[user_id, item_id, rating, ts], movies[item_id, year, genres]); tags are not used.
     """
-    ratings = spark.read.csv(os.path.join(folder, "ratings.csv"), header=True,
-                             schema="userId long, movieId long, rating double, timestamp long")
-    ratings = ratings.select(
-        F.col("userId").alias("user_id"), F.col("movieId").alias("item_id"), "rating",
-        F.timestamp_seconds("timestamp").alias("ts"),
-    )
-    movies = spark.read.csv(os.path.join(folder, "movies.csv"), header=True, quote='"', escape='"',
-                            schema="movieId long, title string, genres string")
-    year = F.regexp_extract("title", r"\((\d{4})\)\s*$", 1).try_cast("int")
-    movies = movies.select(
-        F.col("movieId").alias("item_id"),
-        year.alias("year"),
-        F.when(F.col("genres") != "(no genres listed)", F.col("genres")).alias("genres"),
-    )
-    return ratings, movies
-
-
-def stratified_split(events: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
-    """Per-user split: round(fraction * n_u) of each user's events (seeded hash order) go to the second part.
-
-    Deterministic whatever the partitioning: the order within a user is
-    xxhash64(seed, user_id, item_id).
-    """
-    order = Window.partitionBy("user_id").orderBy(F.xxhash64(F.lit(seed), "user_id", "item_id"), "item_id")
-    ranked = events.withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("user_id"))).withColumn(
-        "_r", F.row_number().over(order))
-    held = F.col("_r") <= F.round(F.col("_n") * fraction)
-    return ranked.filter(~held).drop("_n", "_r"), ranked.filter(held).drop("_n", "_r")
+    source = sources.load_movielens_latest(spark, folder)
+    result = ingest.ingest_source(source, dt.date(2100, 1, 1), now=dt.datetime.now(dt.timezone.utc))
+    return result.interactions, result.items.select("item_id", "year", "genres")
 
 
 def holdout_entities(events: DataFrame, key: str, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
@@ -133,19 +106,20 @@ def prepare(spark, work: str, name: str, train: DataFrame, users, items, user_de
     ``heldout_items``. With ``warm_items_only`` the item table keeps only
     items of the training window (the catalogue ranked in the warm test).
     """
-    state = features.fit_feature_state(train, users, items, user_decls=user_decls, item_decls=item_decls)
-    user_f = features.build_side_features(train, users, state, "user")
-    item_f = features.build_side_features(train, items, state, "item")
+    fitted = features.fit_transform(train, users, items, user_decls=user_decls, item_decls=item_decls)
+    state, user_f, item_f = fitted.state, fitted.user_features, fitted.item_features
     if warm_items_only:
         item_f = item_f.filter(F.col("item_idx") >= features.FIRST_INDEX)
     out = {n: os.path.join(work, name, n) for n in ("user_features", "item_features", "examples", "heldout")}
     user_f.write.mode("overwrite").parquet(out["user_features"])
     item_f.write.mode("overwrite").parquet(out["item_features"])
     uf, itf = spark.read.parquet(out["user_features"]), spark.read.parquet(out["item_features"])
-    features.training_examples(train, uf, itf).write.mode("overwrite").parquet(out["examples"])
+    # leakage-safe: each example's statistics come from events strictly before it, as in the nightly run
+    features.write_training_examples(train, users, items, state, out["examples"])
+    fitted.release()
     held_path = held_items = None
     if heldout is not None:
-        features.training_examples(heldout, uf, itf).write.mode("overwrite").parquet(out["heldout"])
+        features.join_features(heldout, uf, itf).write.mode("overwrite").parquet(out["heldout"])
         held_path = out["heldout"]
         held_items = os.path.join(work, name, "heldout_items")
         itf.join(heldout.select("item_id").distinct(), on="item_id").write.mode("overwrite").parquet(held_items)
@@ -349,8 +323,8 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
 
     ratings, movies = load_movielens(spark, args.data)
     ratings = ratings.cache()
-    train, test = stratified_split(ratings, 0.25, 42)
-    sub, val = stratified_split(train, 0.15, 43)
+    train, test = split.stratified_split(ratings, ratio=0.75, seed=42)
+    sub, val = split.stratified_split(train, ratio=0.85, seed=43)
     train, test, sub, val = (d.cache() for d in (train, test, sub, val))
     log(f"ml-latest-small: {ratings.count():,} ratings -> train {train.count():,} / test {test.count():,}; "
         f"validation carved from train: {sub.count():,} / {val.count():,}")

@@ -15,6 +15,11 @@
     at a smaller size.
 (e) the top-K selection alone on one [256, items] score block, one thread:
     nightrec's two-level selection beside np.argpartition and tf.math.top_k.
+(f) the real Keras DeepFM of ``models/`` (random weights; user id, gender,
+    occupation, age; item id, genres, year) scored exhaustively the way the
+    nightly run scores it (``models.topk.recommend``: each side's parts
+    once, then only the pair part per pair), beside calling the plain model
+    on every (user, item) row for a slice of the users.
 
 Figures are medians of ``--repeats`` timed runs after one warm-up run (Python
 workers started, JIT warm). The machine may be shared: the load average is
@@ -197,6 +202,59 @@ def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, 
     return ", ".join(figures)
 
 
+def keras_deepfm_figures(n_users: int, n_items: int, k: int, repeats: int) -> str:
+    """(f): ns/pair of the real DeepFM, decomposed exhaustive top-k vs the plain model on aligned pairs."""
+    import tensorflow as tf
+
+    from models.catalogue import SideTable
+    from models.registry import build_model
+    from models.topk import recommend
+
+    rng = np.random.default_rng(5)
+    spec = {
+        "user": {"id": {"name": "user_idx", "vocab_size": n_users + 2},
+                 "categorical": [{"name": "user_gender", "vocab_size": 4},
+                                 {"name": "user_occupation", "vocab_size": 23}],
+                 "multi_categorical": [], "continuous": ["user_age"]},
+        "item": {"id": {"name": "item_idx", "vocab_size": n_items + 2}, "categorical": [],
+                 "multi_categorical": [{"name": "item_genres", "vocab_size": 20, "max_len": 3}],
+                 "continuous": ["item_year"]},
+    }
+    users = {"user_idx": np.arange(2, n_users + 2, dtype=np.int32),
+             "user_gender": rng.integers(2, 4, n_users).astype(np.int32),
+             "user_occupation": rng.integers(2, 23, n_users).astype(np.int32),
+             "user_age": rng.standard_normal(n_users).astype(np.float32)}
+    genres = rng.integers(2, 20, (n_items, 3)).astype(np.int32)
+    genres[:, 1:][rng.random((n_items, 2)) < 0.5] = -1
+    items = {"item_idx": np.arange(2, n_items + 2, dtype=np.int32), "item_genres": genres,
+             "item_year": rng.standard_normal(n_items).astype(np.float32)}
+    model = build_model("deepfm", spec, embedding_dim=16, deep_layers=[64, 32])
+
+    def aligned(user_rows: np.ndarray) -> dict:
+        rows = {c: np.repeat(v[user_rows], n_items, axis=0) for c, v in users.items()}
+        rows.update({c: np.tile(v, (len(user_rows),) + (1,) * (v.ndim - 1)) for c, v in items.items()})
+        return rows
+
+    model(aligned(np.arange(2)))
+    model.set_weights([rng.normal(scale=0.1, size=w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
+                       for w in model.get_weights()])
+    user_table = SideTable(ids=pa.array(np.arange(n_users)), columns=users)
+    catalogue = SideTable(ids=pa.array(np.arange(n_items)), columns=items)
+    none_seen = [np.zeros(0, np.int64)] * n_users
+    fast, _, _ = timed(lambda: recommend(model, user_table, catalogue, none_seen, k), repeats)
+    sliced = max(1, n_users // 20)
+    plain_fn = tf.function(lambda rows: model(rows), reduce_retracing=True)
+
+    def plain():
+        for start in range(0, sliced, 8):
+            plain_fn({c: tf.constant(v) for c, v in aligned(np.arange(start, min(start + 8, sliced))).items()})
+
+    slow, _, _ = timed(plain, repeats)
+    fast_ns, slow_ns = fast / (n_users * n_items) * 1e9, slow / (sliced * n_items) * 1e9
+    return (f"{fast_ns:.1f} ns/pair decomposed with top-{k} (U={n_users:,} I={n_items:,}); plain model on every "
+            f"(user, item) row, no selection: {slow_ns:.1f} ns/pair ({sliced:,} users); {slow_ns / fast_ns:.1f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=50_000)
@@ -272,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"deepfm    decomposed exhaustive top-{k}, DeepFM-shaped head (FM dot {fm_dim}, deep {list(hidden)} -> 1; "
               f"{head.flops_per_pair(fm_dim):,} FLOPs/pair), U={du:,} I={di:,}, one process, one core: "
               f"{dfm / (du * di) * 1e9:.1f} ns/pair")
+
+        print(f"deepfm    the Keras DeepFM of models/ (embedding 16, deep [64, 32]), all cores: "
+              f"{keras_deepfm_figures(du, di, k, args.repeats)}")
 
         print(f"select    top-{k} of one [256, {I:,}] block, one thread, ns per score: "
               f"{selection_figures(rng, I, d, k, args.repeats)}")

@@ -54,11 +54,107 @@ class SyntheticConfig(_Section):
     seed: int = 7
 
 
-class SourceConfig(_Section):
-    """Where the events come from. ``kind: synthetic`` needs no files."""
+class FeatureDeclConfig(_Section):
+    """One declared side column of a ``files`` source and how to encode it."""
 
-    kind: Literal["synthetic"] = "synthetic"
+    column: str
+    kind: Literal["continuous", "categorical", "multi_categorical"]
+    separator: str = "|"
+    prefix: int | None = Field(None, ge=1)
+
+    @field_validator("column")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c == "_" for c in value):
+            raise ValueError("must be letters, digits or '_' (it becomes the feature column user_<column>/item_<column>)")
+        return value
+
+
+class _FileTable(_Section):
+    path: str
+    format: Literal["parquet", "csv"] = "parquet"
+    sep: str = ","
+    encoding: str = "utf-8"
+
+
+class InteractionColumns(_Section):
+    """Which source column holds each canonical interactions column (rating: null for implicit feedback)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    rating: str | None = "rating"
+    ts: str = "ts"
+
+
+class InteractionsTableConfig(_FileTable):
+    """The interactions table of a ``files`` source."""
+
+    columns: InteractionColumns = Field(default_factory=InteractionColumns)
+    ts_format: Literal["unix_seconds", "unix_millis", "iso8601"] = "unix_seconds"
+
+
+class SideTableConfig(_FileTable):
+    """A users or items table of a ``files`` source: its id column and declared features."""
+
+    id_column: str
+    features: list[FeatureDeclConfig] = Field(default_factory=list)
+
+
+class FilesSourceConfig(_Section):
+    """Bring your own data: interactions plus optional users and items tables."""
+
+    interactions: InteractionsTableConfig
+    users: SideTableConfig | None = None
+    items: SideTableConfig | None = None
+
+
+class SourceConfig(_Section):
+    """Where the events come from. ``kind: synthetic`` needs no files.
+
+    movielens_100k / movielens_1m / movielens_latest read the dataset's
+    folder ``path``; ``files`` reads the tables described under ``files``.
+    """
+
+    kind: Literal["synthetic", "movielens_100k", "movielens_1m", "movielens_latest", "files"] = "synthetic"
+    path: str | None = None
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    files: FilesSourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _needs_its_files(self) -> "SourceConfig":
+        if self.kind.startswith("movielens") and not self.path:
+            raise ValueError(f"source.path: kind {self.kind} needs the folder of the dataset's files")
+        if self.kind == "files" and self.files is None:
+            raise ValueError("source.files: kind files needs source.files.interactions (path and columns)")
+        return self
+
+
+class IngestConfig(_Section):
+    """Validation of the source rows.
+
+    ``rating_min``/``rating_max`` default to the source's declared range
+    (1-5; 0.5-5 for MovieLens latest; unchecked for ``files``).
+    ``now`` fixes the wall clock of the future-timestamp check (default: the
+    clock at run start).
+    """
+
+    rating_min: float | None = None
+    rating_max: float | None = None
+    max_quarantine_share: float = Field(0.05, ge=0, le=1)
+    now: dt.datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> "IngestConfig":
+        if self.rating_min is not None and self.rating_max is not None and self.rating_min > self.rating_max:
+            raise ValueError(f"ingest: rating_min {self.rating_min} is above rating_max {self.rating_max}")
+        return self
+
+    @field_validator("now")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
 
 
 class SplitConfig(_Section):
@@ -71,6 +167,22 @@ class FeatureConfig(_Section):
     """Feature stage settings (fitted on the training window only)."""
 
     min_category_count: int = Field(1, ge=1)
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+    rating_grid_size: int = Field(64, ge=2)
+    impute: Literal["mean", "median"] = "mean"
+    imputer: Literal["univariate", "iterative"] = "univariate"
+    iterative_sample_rows: int = Field(5000, ge=10)
+    iterative_max_iter: int = Field(10, ge=1)
+    affinity_column: str | None = "genres"
+    max_tags_per_item: int = Field(10, ge=1)
+    rows_per_partition: int = Field(500_000, ge=1000)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _probabilities(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 < q < 1.0 for q in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct probabilities strictly between 0 and 1")
+        return sorted(value)
 
 
 _LAYER_KEYS = ("tower_layers", "head_layers", "deep_layers", "mlp_layers")
@@ -210,6 +322,7 @@ class NightrecConfig(_Section):
     seed: int = 42
     spark: SparkConfig = Field(default_factory=SparkConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])

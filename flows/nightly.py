@@ -11,6 +11,7 @@ final publish tasks, each partition atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -30,11 +31,12 @@ from pyspark.sql import functions as F
 
 from flows.config import ModelConfig, NightrecConfig, ScoringConfig, load_config, parse_config
 from flows.runtime import spark_for
-from jobs import evaluate, features, scoring, sources, split, synthetic
-from jobs.ingest import ingest_interactions
+from jobs import evaluate, features, ingest, scoring, sources, split, synthetic
 from jobs.tables import RunPaths, Warehouse
 
 MODEL_VERSION_FORMAT = "{name}@{ds}"
+#: The fitted feature state (vocabularies, scalers, imputers) beside the published feature tables.
+FEATURE_STATE_FILE = "_feature_state.json"
 
 
 def parse_ds(ds: str) -> dt.date:
@@ -53,11 +55,18 @@ def _log(message: str) -> None:
 
 
 # -- tasks ---------------------------------------------------------------------------
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(cfg: NightrecConfig, ds: str, paths: RunPaths) -> dict[str, Any]:
-    """Load the source, validate, keep events through ds; quarantine bad rows."""
-    spark = spark_for(cfg)
-    syn = cfg.source.synthetic
+def _source_tables(spark, cfg: NightrecConfig) -> sources.SourceTables:
+    """The configured source (file sources check their files and columns before any Spark job)."""
+    src = cfg.source
+    if src.kind == "movielens_100k":
+        return sources.load_movielens_100k(spark, src.path)
+    if src.kind == "movielens_1m":
+        return sources.load_movielens_1m(spark, src.path)
+    if src.kind == "movielens_latest":
+        return sources.load_movielens_latest(spark, src.path)
+    if src.kind == "files":
+        return sources.load_files(spark, _files_spec(cfg))
+    syn = src.synthetic
     spec = synthetic.SyntheticSpec(
         n_users=syn.n_users,
         n_items=syn.n_items,
@@ -66,18 +75,98 @@ def ingest_task(cfg: NightrecConfig, ds: str, paths: RunPaths) -> dict[str, Any]
         end_date=syn.end_date,
         seed=syn.seed,
     )
-    source = sources.load_synthetic(spark, spec)
-    result = ingest_interactions(source.interactions, parse_ds(ds))
+    return sources.load_synthetic(spark, spec)
+
+
+def _files_spec(cfg: NightrecConfig) -> sources.FilesSource:
+    files = cfg.source.files
+    inter = files.interactions
+
+    def side(table):
+        if table is None:
+            return None
+        decls = tuple(features.FeatureDecl(**d.model_dump()) for d in table.features)
+        return sources.SideFile(path=table.path, id_column=table.id_column, format=table.format, features=decls,
+                                sep=table.sep, encoding=table.encoding)
+
+    return sources.FilesSource(
+        interactions=sources.InteractionsFile(
+            path=inter.path, format=inter.format, user_id=inter.columns.user_id, item_id=inter.columns.item_id,
+            rating=inter.columns.rating, ts=inter.columns.ts, ts_format=inter.ts_format, sep=inter.sep,
+            encoding=inter.encoding,
+        ),
+        users=side(files.users),
+        items=side(files.items),
+    )
+
+
+def _feature_settings(cfg: NightrecConfig) -> features.FeatureSettings:
+    f = cfg.features
+    return features.FeatureSettings(
+        min_count=f.min_category_count,
+        quantiles=tuple(f.quantiles),
+        grid_size=f.rating_grid_size,
+        impute=f.impute,
+        imputer=f.imputer,
+        iterative_sample_rows=f.iterative_sample_rows,
+        iterative_max_iter=f.iterative_max_iter,
+        affinity_column=f.affinity_column,
+        rows_per_partition=f.rows_per_partition,
+        seed=cfg.seed,
+    )
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(cfg: NightrecConfig, ds: str, paths: RunPaths) -> dict[str, Any]:
+    """Load the source, validate, keep events through ds; quarantine bad rows.
+
+    Fails (``QuarantineError``) when the quarantined share of the run's
+    interaction rows exceeds ``ingest.max_quarantine_share``.
+    """
+    spark = spark_for(cfg)
+    now = cfg.ingest.now or dt.datetime.now(dt.timezone.utc)
+    source = _source_tables(spark, cfg)
+    low, high = source.rating_range or (None, None)
+    rating_range = (
+        cfg.ingest.rating_min if cfg.ingest.rating_min is not None else low,
+        cfg.ingest.rating_max if cfg.ingest.rating_max is not None else high,
+    )
+    result = ingest.ingest_source(source, parse_ds(ds), now=now, rating_range=rating_range)
     result.interactions.write.mode("overwrite").parquet(paths.work("raw", "interactions"))
-    for name, table in (("users", source.users), ("items", source.items)):
+    for name in ("users", "items", "tags"):
+        table = getattr(result, name)
         if table is not None:
             table.write.mode("overwrite").parquet(paths.work("raw", name))
     result.quarantine.write.mode("overwrite").parquet(paths.work("raw", "quarantine"))
-    q = spark.read.parquet(paths.work("raw", "quarantine"))
-    reasons = {r["reason"]: int(r["count"]) for r in q.groupBy("reason").count().collect()}
+    Warehouse(spark, paths.root).write_text(
+        paths.work("raw", "source.json"),
+        json.dumps(
+            {
+                "name": source.name,
+                "user_features": [dataclasses.asdict(d) for d in source.user_features],
+                "item_features": [dataclasses.asdict(d) for d in source.item_features],
+                "rating_range": list(rating_range),
+            }
+        ),
+    )
+    by_table = ingest.quarantine_counts(spark.read.parquet(paths.work("raw", "quarantine")))
+    reasons: dict[str, int] = {}
+    for table_reasons in by_table.values():
+        for reason, n in table_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + n
     kept = spark.read.parquet(paths.work("raw", "interactions")).count()
-    _log(f"ingest: {kept:,} events through {ds}, {sum(reasons.values()):,} quarantined {reasons or ''}")
-    return {"events": kept, "quarantined": reasons, "source": source.name}
+    _log(f"ingest: {kept:,} events through {ds}, {sum(reasons.values()):,} quarantined {by_table or ''}")
+    share = ingest.check_quarantine_share(
+        by_table, kept, max_share=cfg.ingest.max_quarantine_share, where=paths.work("raw", "quarantine")
+    )
+    return {
+        "events": kept,
+        "quarantined": dict(sorted(reasons.items())),
+        "quarantined_by_table": by_table,
+        "quarantine_share": round(share, 6),
+        "source": source.name,
+        "now": now.isoformat(),
+    }
 
 
 @task(name="split", cache_policy=NO_CACHE)
@@ -103,38 +192,47 @@ def split_task(cfg: NightrecConfig, ds: str, paths: RunPaths) -> dict[str, int]:
 
 @task(name="features", cache_policy=NO_CACHE)
 def features_task(cfg: NightrecConfig, paths: RunPaths, window: str, events_names: list[str]) -> dict[str, Any]:
-    """Fit the feature state on a window and write features and training examples.
+    """Fit the feature state on a window and write features and leakage-safe training examples.
 
-    ``window`` names the output folder ("eval": fitted on train; "full":
-    fitted on everything through ds).
+    ``window`` names the output folder ("eval": fitted on train, counted to
+    the holdout start; "full": fitted on everything through ds).
     """
     spark = spark_for(cfg)
+    wh = Warehouse(spark, paths.root)
     events = _union([spark.read.parquet(paths.work(n)) for n in events_names])
     users = _maybe_read(spark, paths.work("raw", "users"))
     items = _maybe_read(spark, paths.work("raw", "items"))
-    state = features.fit_feature_state(
+    tags = _maybe_read(spark, paths.work("raw", "tags"))
+    info = json.loads(wh.read_text(paths.work("raw", "source.json")))
+    as_of = split.window_end(parse_ds(paths.ds), cfg.split.holdout_days, includes_holdout="holdout" in events_names)
+    if tags is not None:
+        items = features.attach_tags(items, tags, as_of=as_of, max_per_item=cfg.features.max_tags_per_item)
+    settings = _feature_settings(cfg)
+    fitted = features.fit_transform(
         events,
         users,
         items,
-        user_decls=features.MOVIELENS_USER_FEATURES,
-        item_decls=features.MOVIELENS_ITEM_FEATURES,
-        min_count=cfg.features.min_category_count,
+        user_decls=[features.FeatureDecl(**d) for d in info["user_features"]],
+        item_decls=[features.FeatureDecl(**d) for d in info["item_features"]],
+        as_of=as_of,
+        settings=settings,
     )
-    user_features = features.build_side_features(events, users, state, "user")
-    item_features = features.build_side_features(events, items, state, "item")
-    user_features.write.mode("overwrite").parquet(paths.work(window, "user_features"))
-    item_features.write.mode("overwrite").parquet(paths.work(window, "item_features"))
-    uf = spark.read.parquet(paths.work(window, "user_features"))
-    itf = spark.read.parquet(paths.work(window, "item_features"))
-    examples = features.training_examples(events, uf, itf)
-    examples.write.mode("overwrite").parquet(paths.work(window, "examples"))
+    state = fitted.state
+    fitted.user_features.write.mode("overwrite").parquet(paths.work(window, "user_features"))
+    fitted.item_features.write.mode("overwrite").parquet(paths.work(window, "item_features"))
+    n_examples = features.write_training_examples(
+        events, users, items, state, paths.work(window, "examples"), rows_per_partition=settings.rows_per_partition
+    )
+    fitted.release()
     state_path = paths.work(window, "feature_state.json")
-    Warehouse(spark, paths.root).write_text(state_path, state.to_json())
+    wh.write_text(state_path, state.to_json())
+    uf = spark.read.parquet(paths.work(window, "user_features")).count()
+    itf = spark.read.parquet(paths.work(window, "item_features")).count()
     _log(
         f"features[{window}]: {len(state.user_vocab):,} users, {len(state.item_vocab):,} items "
-        f"in the vocabularies; {uf.count():,} user rows, {itf.count():,} item rows"
+        f"in the vocabularies; {uf:,} user rows, {itf:,} item rows, {n_examples:,} examples (as of {state.as_of})"
     )
-    return {"state_path": state_path, "users": uf.count(), "items": itf.count()}
+    return {"state_path": state_path, "users": uf, "items": itf, "examples": n_examples}
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -282,11 +380,17 @@ def publish_task(
     config_hash = cfg.config_hash()
     base = {"ds": ds, "config_hash": config_hash, "run_id": paths.run_id}
     published = {}
+    state_json = {FEATURE_STATE_FILE: wh.read_text(paths.work(window, "feature_state.json"))}
     for table in ("user_features", "item_features"):
         final = paths.partition(table)
         df = spark.read.parquet(paths.work(window, table))
-        wh.publish_dataframe(df, final, {**base, "table": table}, sort_by=(table.split("_")[0] + "_id",))
+        wh.publish_dataframe(df, final, {**base, "table": table}, sort_by=(table.split("_")[0] + "_id",),
+                             side_files=state_json)
         published[table] = final
+    final = paths.partition("training_examples")
+    wh.publish_dataframe(spark.read.parquet(paths.work(window, "examples")), final,
+                         {**base, "table": "training_examples", "window": window}, side_files=state_json)
+    published["training_examples"] = final
     final = paths.partition("quarantine")
     wh.publish_dataframe(
         spark.read.parquet(paths.work("raw", "quarantine")),
@@ -374,7 +478,7 @@ def _holdout_examples(cfg: NightrecConfig, paths: RunPaths, window: str) -> str:
     out = paths.work(window, "holdout_examples")
     spark = spark_for(cfg)
     if not Warehouse(spark, paths.root).exists(out + "/_SUCCESS"):
-        features.training_examples(
+        features.join_features(
             spark.read.parquet(paths.work("holdout")),
             spark.read.parquet(paths.work(window, "user_features")),
             spark.read.parquet(paths.work(window, "item_features")),

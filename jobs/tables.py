@@ -204,11 +204,14 @@ class Warehouse:
         *,
         sort_by: tuple[str, ...] = (),
         rows_per_file: int = 2_000_000,
+        side_files: Mapping[str, str] | None = None,
     ) -> dict:
         """Publish a DataFrame as the Parquet files of one partition.
 
         Adds ``row_count`` and ``columns`` to the manifest. Rows are range-
         partitioned and sorted by ``sort_by`` so that files are ordered.
+        ``side_files`` ({name: text}) are written beside the data; name them
+        with a leading ``_`` so that Parquet readers skip them.
         """
         df = df.cache()
         rows = df.count()
@@ -218,11 +221,12 @@ class Warehouse:
             out = out.sortWithinPartitions(*sort_by)
         columns = [{"name": f.name, "type": f.dataType.simpleString()} for f in df.schema.fields]
         try:
-            return self.publish(
-                final,
-                lambda path: out.write.mode("overwrite").parquet(path),
-                {**manifest, "row_count": rows, "columns": columns},
-            )
+            def write(path: str) -> None:
+                out.write.mode("overwrite").parquet(path)
+                for name, text in (side_files or {}).items():
+                    self.write_text(f"{path}/{name}", text)
+
+            return self.publish(final, write, {**manifest, "row_count": rows, "columns": columns})
         finally:
             df.unpersist()
 

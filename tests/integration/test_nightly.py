@@ -85,6 +85,24 @@ def test_manifest_and_marker(run):
     assert (warehouse / "models" / f"ds={DS}" / "model=two_tower" / "model.keras").exists()
 
 
+def test_training_examples_and_feature_state_are_published(run):
+    from jobs.features import FeatureState
+
+    warehouse, _, _ = run
+    events = _events_through_ds()
+    # refit_on_full (the default): the published window is every event through ds, one example each.
+    examples = pd.read_parquet(warehouse / "training_examples" / f"ds={DS}")
+    assert len(examples) == len(events)
+    assert set(zip(examples.user_id, examples.item_id)) == set(zip(events.user_id, events.item_id))
+    manifest = json.loads((warehouse / "training_examples" / f"ds={DS}" / "_manifest.json").read_text())
+    assert manifest["row_count"] == len(events) and manifest["window"] == "full"
+    for table in ("user_features", "item_features", "training_examples"):
+        text = (warehouse / table / f"ds={DS}" / "_feature_state.json").read_text()
+        state = FeatureState.from_json(text)
+        assert state.user_vocab == sorted(events.user_id.unique().tolist())
+        assert state.item_vocab == sorted(events.item_id.unique().tolist())
+
+
 def test_metrics_table_has_model_beside_popularity(run):
     warehouse, _, summary = run
     metrics = pd.read_parquet(warehouse / "metrics" / f"ds={DS}")

@@ -1,94 +1,270 @@
+"""Feature statistics against a plain Python/pandas reference written independently here."""
+
 import datetime as dt
 import math
+from fractions import Fraction
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from jobs import features
 
-TS = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+AS_OF = dt.datetime(2024, 1, 12, tzinfo=dt.timezone.utc)
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+GENRES = {10: "Action|Comedy", 11: "Drama", 12: "Comedy", 13: None, 14: "Drama|Action"}
+YEARS = {10: 1990, 11: 2000, 12: 2010, 13: None, 14: 1980}
+EVENTS_SCHEMA = "user_id bigint, item_id bigint, rating double, ts timestamp"
 
 
-@pytest.fixture()
-def tables(spark):
-    train = spark.createDataFrame(
-        [(1, 10, 4.0, TS), (1, 11, 2.0, TS), (2, 10, 5.0, TS)],
-        "user_id bigint, item_id bigint, rating double, ts timestamp",
+def _events():
+    """60 seeded events: users 1..6, items 10..13, 10% without rating, many same-instant ties."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(60):
+        user = int(rng.integers(1, 7))
+        item = int(rng.integers(10, 14))
+        rating = None if rng.random() < 0.1 else float(rng.integers(1, 6))
+        ts = T0 + dt.timedelta(days=int(rng.integers(0, 10)), hours=12 * int(rng.integers(0, 2)))
+        rows.append((user, item, rating, ts))
+    rows.append((99, 12, 5.0, T0 + dt.timedelta(days=3)))  # a user with one training rating
+    return rows
+
+
+def _users(spark):
+    rows = [(u, 20 + 5 * u, "M" if u % 2 else "F", "eng" if u < 4 else "doc") for u in range(1, 7)]
+    rows += [(99, None, "F", "eng"), (7, 30, "X", "pilot"), (8, 40, None, None)]  # 7, 8: no events
+    return spark.createDataFrame(rows, "user_id bigint, age int, gender string, occupation string")
+
+
+def _items(spark):
+    return spark.createDataFrame(
+        [(i, GENRES[i], YEARS[i]) for i in GENRES], "item_id bigint, genres string, year int"
     )
-    users = spark.createDataFrame(
-        [
-            (1, 20, "M", "eng", "12345"),
-            (2, 40, "F", "doc", "98765"),
-            (3, 30, None, "eng", None),      # no history, null gender and zip
-            (4, 50, "X", "pilot", "55555"),  # categories never seen in training
-        ],
-        "user_id bigint, age int, gender string, occupation string, zip string",
+
+
+USER_DECLS = (
+    features.FeatureDecl("age", "continuous"),
+    features.FeatureDecl("gender", "categorical"),
+    features.FeatureDecl("occupation", "categorical"),
+)
+ITEM_DECLS = (features.FeatureDecl("year", "continuous"), features.FeatureDecl("genres", "multi_categorical"))
+
+
+@pytest.fixture(scope="module")
+def fitted(spark):
+    train = spark.createDataFrame(_events(), EVENTS_SCHEMA)
+    users, items = _users(spark), _items(spark)
+    out = features.fit_transform(
+        train, users, items, user_decls=USER_DECLS, item_decls=ITEM_DECLS, as_of=AS_OF,
+        settings=features.FeatureSettings(quantiles=QUANTILES),
     )
-    items = spark.createDataFrame(
-        [(10, "Action|Comedy", 1990), (11, "Drama", 2000), (12, None, 2010)],
-        "item_id bigint, genres string, year int",
-    )
-    return train, users, items
+    examples = features.training_examples(train, users, items, out.state).toPandas()
+    return {
+        "state": out.state,
+        "users": out.user_features.toPandas().set_index("user_id"),
+        "items": out.item_features.toPandas().set_index("item_id"),
+        "examples": examples,
+        "tables": (train, users, items),
+    }
 
 
-def _state(tables):
-    train, users, items = tables
-    return features.fit_feature_state(
-        train, users, items,
-        user_decls=features.MOVIELENS_USER_FEATURES,
-        item_decls=features.MOVIELENS_ITEM_FEATURES,
-    )
+# -- the reference ------------------------------------------------------------------------------------
+def ref_quantile(values, q):
+    """Smallest value whose share of values <= it reaches q (inverse empirical CDF), exactly."""
+    ordered = sorted(values)
+    need = Fraction(str(q)) * len(ordered)
+    return next(v for i, v in enumerate(ordered, start=1) if i >= need)
 
 
-def test_vocabularies_and_scalers_are_fitted_on_training_entities_only(tables):
-    state = _state(tables)
-    assert state.user_vocab == [1, 2] and state.item_vocab == [10, 11]
-    assert state.vocabs["user_gender"] == ["F", "M"]          # "X" (user 4) is not in training
-    assert state.vocabs["user_occupation"] == ["doc", "eng"]
-    assert state.vocabs["user_zip"] == ["1", "9"]             # first character of the zip
+def ref_stats(events, ref_time, side, affinity=()):
+    """Raw statistics of ``events`` [(item, rating, ts)] as seen at ``ref_time``."""
+    rated = [r for _, r, _ in events if r is not None]
+    out = {f"{side}_rating_count": float(len(events))}
+    out[f"{side}_rating_mean"] = float(np.mean(rated)) if rated else math.nan
+    out[f"{side}_rating_std"] = float(np.std(rated)) if rated else math.nan
+    for q in QUANTILES:
+        out[f"{side}_rating_p{round(q * 100)}"] = ref_quantile(rated, q) if rated else math.nan
+    times = [t for _, _, t in events]
+    out[f"{side}_days_since_first"] = (ref_time - min(times)) / dt.timedelta(days=1) if times else math.nan
+    out[f"{side}_days_since_last"] = (ref_time - max(times)) / dt.timedelta(days=1) if times else math.nan
+    for genre in affinity:
+        has = [(i, r) for i, r, _ in events if GENRES[i] and genre in GENRES[i].split("|")]
+        g_rated = [r for _, r in has if r is not None]
+        out[f"{side}_genre_share_{genre.lower()}"] = len(has) / len(events) if events else math.nan
+        out[f"{side}_genre_mean_{genre.lower()}"] = float(np.mean(g_rated)) if g_rated else math.nan
+    return out
+
+
+def ref_entity_stats(side, affinity=()):
+    """{entity: raw statistics at AS_OF} over the training events (pandas groupby)."""
+    df = pd.DataFrame(_events(), columns=["user_id", "item_id", "rating", "ts"])
+    key, other = ("user_id", "item_id") if side == "user" else ("item_id", "user_id")
+    out = {}
+    for entity, group in df.groupby(key):
+        events = [(i, None if pd.isna(r) else r, t) for i, r, t in zip(group.item_id, group.rating, group.ts)]
+        out[entity] = ref_stats(events, AS_OF, side, affinity)
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def ref_scalers(raw):
+    """Mean/std over training entities (log1p for counts), population std, NaN ignored."""
+    scalers = {}
+    for name in raw.columns:
+        x = np.log1p(raw[name]) if name.endswith("_rating_count") else raw[name]
+        x = x.dropna().astype(float)
+        std = float(x.std(ddof=0)) if len(x) else 0.0
+        scalers[name] = (float(x.mean()) if len(x) else 0.0, std if std > 1e-12 else 1.0)
+    return scalers
+
+
+def ref_scale(name, value, scalers):
+    mean, std = scalers[name]
+    x = math.log1p(value) if name.endswith("_rating_count") and not math.isnan(value) else value
+    return ((mean if math.isnan(x) else x) - mean) / std  # mean imputation
+
+
+AFFINITY = ("Action", "Comedy", "Drama")
+
+
+# -- statistics at scoring time ------------------------------------------------------------------------------
+def test_state_vocabularies_grid_and_affinity(fitted):
+    state = fitted["state"]
+    assert state.user_vocab == [1, 2, 3, 4, 5, 6, 99]
+    assert state.item_vocab == [10, 11, 12, 13]  # item 14 has no training event
+    assert state.vocabs["user_gender"] == ["F", "M"]          # "X" belongs to a user without events
     assert state.vocabs["item_genres"] == ["Action", "Comedy", "Drama"]
-    assert state.max_multi_len["item_genres"] == 2
-    # log1p(count): users 1 and 2 have 2 and 1 ratings.
-    counts = [math.log1p(2), math.log1p(1)]
-    mean = sum(counts) / 2
-    assert state.scalers["user_rating_count"]["mean"] == pytest.approx(mean)
-    assert state.scalers["user_rating_count"]["std"] == pytest.approx(abs(counts[0] - mean))
-    assert state.scalers["user_rating_mean"] == pytest.approx({"mean": 4.0, "std": 1.0})  # means 3 and 5
-    assert state.scalers["user_age"] == pytest.approx({"mean": 30.0, "std": 10.0})
-    assert state.scalers["item_rating_mean"] == pytest.approx({"mean": 3.25, "std": 1.25})  # 4.5 and 2
-    assert state.scalers["item_year"] == pytest.approx({"mean": 1995.0, "std": 5.0})
-    assert state.global_mean == pytest.approx(11 / 3)
+    assert state.rating_grid == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert state.affinity == ["Action", "Comedy", "Drama"]
+    rated = [r for _, _, r, _ in _events() if r is not None]
+    assert state.global_mean == pytest.approx(np.mean(rated))
 
 
-def test_user_features_encode_reserved_indices_and_impute(tables):
-    train, users, _ = tables
-    state = _state(tables)
-    rows = {r.user_id: r for r in features.build_side_features(train, users, state, "user").collect()}
-    assert set(rows) == {1, 2, 3, 4}
-    u1, u3, u4 = rows[1], rows[3], rows[4]
-    assert (u1.user_idx, u1.user_gender, u1.user_occupation, u1.user_zip) == (2, 3, 3, 2)
-    assert u1.user_rating_count == pytest.approx(1.0, rel=1e-5)
-    assert u1.user_rating_mean == pytest.approx(-1.0)
-    assert u1.user_age == pytest.approx(-1.0)
-    # No history: unseen id, count 0, mean imputed with the global mean.
-    assert u3.user_idx == features.UNSEEN_INDEX
-    mean = (math.log1p(2) + math.log1p(1)) / 2
-    std = abs(math.log1p(2) - mean)
-    assert u3.user_rating_count == pytest.approx((0 - mean) / std, rel=1e-5)
-    assert u3.user_rating_mean == pytest.approx((11 / 3 - 4.0) / 1.0, rel=1e-5)
-    assert (u3.user_gender, u3.user_zip) == (features.NULL_INDEX, features.NULL_INDEX)
-    # Categories never seen in training map to the unseen index.
-    assert (u4.user_gender, u4.user_occupation, u4.user_zip) == (features.UNSEEN_INDEX,) * 3
+def test_scalers_match_pandas(fitted):
+    state = fitted["state"]
+    raw = ref_entity_stats("user", AFFINITY)
+    ages = {u: 20 + 5 * u for u in range(1, 7)}
+    raw["user_age"] = [ages.get(u, math.nan) for u in raw.index]
+    for name, (mean, std) in ref_scalers(raw).items():
+        assert state.scalers[name]["mean"] == pytest.approx(mean, rel=1e-9, abs=1e-9), name
+        assert state.scalers[name]["std"] == pytest.approx(std, rel=1e-9, abs=1e-9), name
+        assert state.scalers[name]["impute"] == pytest.approx(mean, rel=1e-9, abs=1e-9), name
 
 
-def test_item_features_multi_valued_genres(tables):
-    train, _, items = tables
-    state = _state(tables)
-    rows = {r.item_id: r for r in features.build_side_features(train, items, state, "item").collect()}
-    assert rows[10].item_genres == [2, 3]
-    assert rows[11].item_genres == [4]
-    assert rows[12].item_genres == [features.NULL_INDEX]
-    assert rows[12].item_idx == features.UNSEEN_INDEX
-    assert rows[12].item_year == pytest.approx(3.0)
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_every_statistic_matches_pandas(fitted, side):
+    affinity = AFFINITY if side == "user" else ()
+    raw = ref_entity_stats(side, affinity)
+    if side == "item":
+        raw["item_year"] = [YEARS[i] if YEARS[i] is not None else math.nan for i in raw.index]
+    else:
+        raw["user_age"] = [20 + 5 * u if u < 99 else math.nan for u in raw.index]
+    scalers = ref_scalers(raw)
+    table = fitted["users" if side == "user" else "items"]
+    assert sorted(fitted["state"].continuous[side]) == sorted(raw.columns)
+    for entity, row in raw.iterrows():
+        for name, value in row.items():
+            assert table.loc[entity, name] == pytest.approx(ref_scale(name, value, scalers), rel=1e-4, abs=1e-5), (
+                entity, name)
+
+
+def test_entities_without_history_get_imputed_statistics_and_reserved_indices(fitted):
+    users = fitted["users"]
+    state = fitted["state"]
+    count = state.scalers["user_rating_count"]
+    for user in (7, 8):  # in the users table, no events
+        assert users.loc[user, "user_idx"] == features.UNSEEN_INDEX
+        assert users.loc[user, "user_rating_count"] == pytest.approx((0.0 - count["mean"]) / count["std"], rel=1e-5)
+        assert users.loc[user, "user_rating_mean"] == pytest.approx(0.0, abs=1e-6)  # mean-imputed -> 0
+    assert users.loc[7, "user_gender"] == features.UNSEEN_INDEX   # "X" never seen in training
+    assert users.loc[7, "user_occupation"] == features.UNSEEN_INDEX
+    assert users.loc[8, "user_gender"] == features.NULL_INDEX     # null
+    assert users.loc[8, "user_occupation"] == features.NULL_INDEX
+    items = fitted["items"]
+    assert items.loc[14, "item_idx"] == features.UNSEEN_INDEX
+    assert list(items.loc[14, "item_genres"]) == [4, 2]           # Drama, Action
+    assert list(items.loc[13, "item_genres"]) == [features.NULL_INDEX]
+
+
+def test_new_state_applies_to_later_events_and_new_categories(spark, fitted):
+    """Scoring with a saved state: unseen users and categories get the reserved indices."""
+    state = features.FeatureState.from_json(fitted["state"].to_json())
+    train, _, items = fitted["tables"]
+    later_users = spark.createDataFrame(
+        [(1, 25, "M", "eng"), (50, 33, "Q", None)], "user_id bigint, age int, gender string, occupation string"
+    )
+    rows = {r.user_id: r for r in features.build_side_features(train, later_users, state, "user", items=items).collect()}
+    assert rows[50].user_idx == features.UNSEEN_INDEX
+    assert (rows[50].user_gender, rows[50].user_occupation) == (features.UNSEEN_INDEX, features.NULL_INDEX)
+    assert rows[1].user_rating_mean == pytest.approx(fitted["users"].loc[1, "user_rating_mean"])
+
+
+# -- leakage-safe examples ------------------------------------------------------------------------------------
+def test_examples_use_only_events_strictly_before_their_timestamp(fitted):
+    examples = fitted["examples"]
+    assert len(examples) == len(_events())
+    events = pd.DataFrame(_events(), columns=["user_id", "item_id", "rating", "ts"])
+    raw_users = ref_entity_stats("user", AFFINITY)
+    raw_users["user_age"] = [20 + 5 * u if u < 99 else math.nan for u in raw_users.index]
+    raw_items = ref_entity_stats("item")
+    raw_items["item_year"] = [YEARS[i] if YEARS[i] is not None else math.nan for i in raw_items.index]
+    scalers = {**ref_scalers(raw_users), **ref_scalers(raw_items)}
+    for ex in examples.itertuples(index=False):
+        ts = ex.ts.to_pydatetime().replace(tzinfo=dt.timezone.utc) if ex.ts.tzinfo is None else ex.ts.to_pydatetime()
+        for side, key, affinity, static in (
+            ("user", "user_id", AFFINITY, {"user_age": 20 + 5 * ex.user_id if ex.user_id < 99 else math.nan}),
+            ("item", "item_id", (), {"item_year": YEARS[ex.item_id] if YEARS[ex.item_id] else math.nan}),
+        ):
+            mine = events[(events[key] == getattr(ex, key)) & (events.ts < ts)]
+            prior = [(i, None if pd.isna(r) else r, t) for i, r, t in zip(mine.item_id, mine.rating, mine.ts)]
+            expected = {**ref_stats(prior, ts, side, affinity), **static}
+            for name, value in expected.items():
+                assert getattr(ex, name) == pytest.approx(ref_scale(name, value, scalers), rel=1e-4, abs=1e-5), (
+                    ex.user_id, ex.item_id, ts, name)
+
+
+def test_a_users_only_rating_never_appears_in_its_own_example(fitted):
+    state = fitted["state"]
+    (example,) = fitted["examples"][fitted["examples"].user_id == 99].itertuples()
+    mean = state.scalers["user_rating_mean"]
+    own_rating_scaled = (5.0 - mean["mean"]) / mean["std"]
+    assert example.rating == 5.0
+    assert example.user_rating_mean == pytest.approx(0.0, abs=1e-6)  # imputed: no earlier rating
+    assert abs(example.user_rating_mean - own_rating_scaled) > 0.1
+    count = state.scalers["user_rating_count"]
+    assert example.user_rating_count == pytest.approx((0.0 - count["mean"]) / count["std"], rel=1e-5)
+    # The scoring-time table does include the rating.
+    assert fitted["users"].loc[99, "user_rating_mean"] == pytest.approx(own_rating_scaled, rel=1e-5)
+
+
+def test_examples_carry_the_static_columns_of_the_feature_tables(fitted):
+    examples, users, items = fitted["examples"], fitted["users"], fitted["items"]
+    spec = fitted["state"].model_spec()
+    for side in ("user", "item"):
+        columns = [spec[side]["id"]["name"]] + [c["name"] for c in spec[side]["categorical"]]
+        columns += [c["name"] for c in spec[side]["multi_categorical"]] + spec[side]["continuous"]
+        assert set(columns) <= set(examples.columns)
+    for ex in examples.itertuples(index=False):
+        assert ex.user_idx == users.loc[ex.user_id, "user_idx"]
+        assert ex.user_gender == users.loc[ex.user_id, "user_gender"]
+        assert list(ex.item_genres) == list(items.loc[ex.item_id, "item_genres"])
+        assert ex.item_year == pytest.approx(items.loc[ex.item_id, "item_year"])
+
+
+def test_fast_parquet_writer_writes_the_same_examples(spark, fitted, tmp_path):
+    train, users, items = fitted["tables"]
+    path = tmp_path / "examples"
+    rows = features.write_training_examples(train, users, items, fitted["state"], str(path))
+    written = pd.read_parquet(path)
+    assert rows == len(written) == len(fitted["examples"])
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith("part-")) == []
+    written["ts"] = written.ts.dt.tz_convert(None).astype("datetime64[ns]")
+    key = ["user_id", "item_id", "ts", "rating"]
+    expected = fitted["examples"].sort_values(key).reset_index(drop=True)
+    got = written[expected.columns].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.drop(columns=["item_genres"]), expected.drop(columns=["item_genres"]))
+    assert [list(g) for g in got.item_genres] == [list(g) for g in expected.item_genres]
 
 
 def test_min_count_sends_rare_categories_to_unseen(spark):
@@ -109,20 +285,67 @@ def test_large_vocabulary_uses_a_join_with_the_same_result(spark):
     assert encoded == [features.NULL_INDEX, 5 + 2, 6999 + 2, features.UNSEEN_INDEX]
 
 
-def test_training_examples_join_both_sides(tables):
-    train, users, items = tables
-    state = _state(tables)
-    uf = features.build_side_features(train, users, state, "user")
-    itf = features.build_side_features(train, items, state, "item")
-    examples = features.training_examples(train, uf, itf)
-    assert examples.count() == 3
-    assert {"user_idx", "item_idx", "user_gender", "item_genres", "rating"} <= set(examples.columns)
+def test_integer_categories_keep_their_type(spark):
+    df = spark.createDataFrame([(3,), (1,), (3,)], "code int")
+    assert features.fit_vocabulary(df, features.FeatureDecl("code", "categorical")) == [1, 3]
 
 
-def test_state_round_trips_through_json(tables):
-    state = _state(tables)
-    again = features.FeatureState.from_json(state.to_json())
-    assert again == state
-    spec = again.model_spec()
-    assert spec["user"]["id"] == {"name": "user_idx", "vocab_size": 4}
-    assert spec["item"]["multi_categorical"] == [{"name": "item_genres", "vocab_size": 5, "max_len": 2}]
+# -- settings ---------------------------------------------------------------------------------------------------------
+def test_median_imputation_and_coarse_grid(spark):
+    # ratings 1..9 over one user: with grid_size 3 they snap down to 3 grid points
+    rows = [(1, 10 + k, float(k), T0 + dt.timedelta(hours=k)) for k in range(1, 10)]
+    rows += [(2, 10, 2.0, T0), (3, 11, 9.0, T0)]
+    train = spark.createDataFrame(rows, EVENTS_SCHEMA)
+    users = spark.createDataFrame([(1, 10.0), (2, 20.0), (3, 60.0), (4, None)], "user_id bigint, age double")
+    out = features.fit_transform(
+        train, users, None, user_decls=[features.FeatureDecl("age", "continuous")], item_decls=[], as_of=AS_OF,
+        settings=features.FeatureSettings(grid_size=3, impute="median", affinity_column=None),
+    )
+    state = out.state
+    grid = state.rating_grid
+    assert len(grid) == 3 and grid[0] == 1.0 and grid[-1] == 9.0
+    assert state.scalers["user_age"]["impute"] == 20.0  # median of 10, 20, 60
+    user1 = sorted(float(k) for k in range(1, 10))
+    table = out.user_features.toPandas().set_index("user_id")
+    for q in QUANTILES:
+        exact = ref_quantile(user1, q)
+        snapped = max(g for g in grid if g <= exact)  # the grid value at or below the exact quantile
+        s = state.scalers[f"user_rating_p{round(q * 100)}"]
+        assert table.loc[1, f"user_rating_p{round(q * 100)}"] * s["std"] + s["mean"] == pytest.approx(snapped)
+    age = state.scalers["user_age"]
+    assert table.loc[4, "user_age"] == pytest.approx((20.0 - age["mean"]) / age["std"], rel=1e-5)
+
+
+def test_iterative_imputer_fills_from_the_other_columns(spark):
+    rng = np.random.default_rng(0)
+    rows, user_rows = [], []
+    for u in range(1, 41):
+        age = 20 + u
+        user_rows.append((u, float(age) if u % 5 else None))
+        for k in range(u % 4 + 1):  # users with more events are older
+            rows.append((u, k, float(1 + (u + k) % 5), T0 + dt.timedelta(days=int(rng.integers(0, 9)))))
+    train = spark.createDataFrame(rows, EVENTS_SCHEMA)
+    users = spark.createDataFrame(user_rows, "user_id bigint, age double")
+    settings = features.FeatureSettings(imputer="iterative", affinity_column=None, iterative_sample_rows=1000)
+    out = features.fit_transform(
+        train, users, None, user_decls=[features.FeatureDecl("age", "continuous")], item_decls=[], as_of=AS_OF,
+        settings=settings,
+    )
+    params = out.state.imputer["user"]
+    assert params is not None and len(params["initial"]) == len(out.state.continuous["user"])
+    table = out.user_features.toPandas().set_index("user_id")
+    assert not table.isna().any().any()
+    # univariate imputation would give every missing age the same value; these depend on the other columns
+    assert table.loc[[5, 10, 15, 20], "user_age"].nunique() > 1
+
+
+def test_tags_before_the_window_end_most_used_first(spark):
+    tags = spark.createDataFrame(
+        [(1, 10, "Funny", T0), (2, 10, "funny ", T0), (3, 10, "dark", T0), (1, 10, "b|c", T0),
+         (1, 10, "late", AS_OF), (1, 11, "x", T0)],
+        "user_id bigint, item_id bigint, tag string, ts timestamp",
+    )
+    items = spark.createDataFrame([(10,), (11,), (12,)], "item_id bigint")
+    rows = {r.item_id: r.tags for r in features.attach_tags(items, tags, as_of=AS_OF, max_per_item=2).collect()}
+    # item 10: funny (2 uses), then the alphabetically first of the single uses; 'late' is not before as_of
+    assert rows == {10: "funny|b/c", 11: "x", 12: None}

@@ -1,0 +1,130 @@
+"""Every source format loads into the canonical tables (fixtures written by hand in tests/fixtures)."""
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import sources
+from jobs.features import FeatureDecl
+from jobs.validate import SourceError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ML_LATEST_SMALL = Path("/work/shared/data/ml-latest-small")
+
+
+def _utc(seconds):
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(tzinfo=None)
+
+
+def _rows(df, *columns):
+    return sorted(tuple(r[c] for c in columns) for r in df.collect())
+
+
+def test_movielens_100k(spark):
+    src = sources.load_movielens_100k(spark, str(FIXTURES / "ml-100k"))
+    assert src.name == "movielens_100k" and src.rating_range == (1.0, 5.0)
+    assert _rows(src.interactions, "user_id", "item_id", "rating", "ts") == [
+        (1, 1, 5.0, _utc(874965758)), (1, 2, 3.0, _utc(876893171)), (2, 1, 4.0, _utc(878542960)),
+        (2, 4, 2.0, _utc(889751712)), (3, 3, 1.0, _utc(876893119)),
+    ]
+    assert _rows(src.users, "user_id", "age", "gender", "occupation", "zip") == [
+        (1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "94043"), (3, 23, "M", "writer", "32067"),
+    ]
+    assert _rows(src.items, "item_id", "title", "year", "genres") == [
+        (1, "Toy Story (1995)", 1995, "Animation|Children's|Comedy"),
+        (2, "GoldenEye (1995)", 1995, "Action|Adventure|Thriller"),
+        (3, "Belle époque (1992)", 1992, "Comedy|Romance"),   # Latin-1 title; year from the title
+        (4, "unknown", None, "unknown"),
+    ]
+    assert [d.column for d in src.user_features] == ["age", "gender", "occupation", "zip"]
+    assert {r._problem for r in src.interactions.collect()} == {None}
+
+
+def test_movielens_1m(spark):
+    src = sources.load_movielens_1m(spark, str(FIXTURES / "ml-1m"))
+    assert _rows(src.interactions, "user_id", "item_id", "rating") == [
+        (1, 661, 3.0), (1, 1193, 5.0), (2, 1193, 4.0), (3, 29, 2.0), (3, 2355, 5.0),
+    ]
+    assert _rows(src.users, "user_id", "gender", "age", "occupation", "zip") == [
+        (1, "F", "1", "10", "48067"), (2, "M", "56", "16", "70072"), (3, "M", "25", "15", "55117"),
+    ]
+    items = {r.item_id: r for r in src.items.collect()}
+    assert items[29].title == "Cité des enfants perdus, La (1995)" and items[29].year == 1995
+    assert items[661].genres == "Animation|Children's|Musical"
+    # age and occupation are codes in 1M: categorical
+    assert {d.column: d.kind for d in src.user_features}["age"] == "categorical"
+
+
+def test_movielens_latest_fixture(spark):
+    src = sources.load_movielens_latest(spark, str(FIXTURES / "ml-latest"))
+    assert src.users is None and src.rating_range == (0.5, 5.0)
+    assert _rows(src.interactions, "user_id", "item_id", "rating") == [(1, 1, 4.0), (1, 3, 4.5), (2, 1, 0.5), (2, 7, 3.5)]
+    assert _rows(src.items, "item_id", "title", "year", "genres") == [
+        (1, "Toy Story (1995)", 1995, "Adventure|Animation|Children|Comedy|Fantasy"),
+        (3, "American President, The (1995)", 1995, "Comedy|Drama|Romance"),   # quoted, with a comma
+        (5, "Babylon 5 (1994-1998)", 1994, None),                              # (no genres listed)
+        (7, "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)", 2001, "Comedy|Romance"),
+    ]
+    assert _rows(src.tags, "user_id", "item_id", "tag") == [(1, 7, "Paris"), (2, 1, "fun, family"), (2, 1, "pixar")]
+    assert [d.column for d in src.item_features] == ["year", "genres", "tags"]
+
+
+@pytest.mark.skipif(not ML_LATEST_SMALL.exists(), reason="needs /work/shared/data/ml-latest-small")
+def test_movielens_latest_small_from_shared_data(spark):
+    src = sources.load_movielens_latest(spark, str(ML_LATEST_SMALL))
+    ratings = pd.read_csv(ML_LATEST_SMALL / "ratings.csv")
+    stats = src.interactions.agg({"user_id": "count", "rating": "avg"}).first()
+    assert stats[0] == len(ratings) == 100836
+    assert stats[1] == pytest.approx(ratings.rating.mean())
+    assert src.items.count() == 9742
+    assert src.tags.count() == 3683
+    assert src.interactions.filter("_problem is not null").count() == 0
+
+
+def test_generic_csv_with_column_mapping_and_string_ids(spark, tmp_path):
+    (tmp_path / "events.csv").write_text(
+        "who;what;stars;when\nu1;i1;4;2024-01-02T10:00:00\nu2;i1;;2024-01-03T11:00:00\nu1;i2;x;2024-01-04\n"
+    )
+    (tmp_path / "items.csv").write_text("sku;tags;price\ni1;a|b;9.5\ni2;;oops\n")
+    spec = sources.FilesSource(
+        interactions=sources.InteractionsFile(
+            path=str(tmp_path / "events.csv"), format="csv", sep=";", user_id="who", item_id="what", rating="stars",
+            ts="when", ts_format="iso8601",
+        ),
+        items=sources.SideFile(
+            path=str(tmp_path / "items.csv"), format="csv", sep=";", id_column="sku",
+            features=(FeatureDecl("tags", "multi_categorical"), FeatureDecl("price", "continuous")),
+        ),
+    )
+    src = sources.load_files(spark, spec)
+    got = _rows(src.interactions, "user_id", "item_id", "rating", "ts", "_problem")
+    assert got == [
+        ("u1", "i1", 4.0, dt.datetime(2024, 1, 2, 10), None),
+        ("u1", "i2", None, dt.datetime(2024, 1, 4), "unparseable_line"),  # 'x' is not a rating
+        ("u2", "i1", None, dt.datetime(2024, 1, 3, 11), None),            # empty rating: implicit event
+    ]
+    assert _rows(src.items, "item_id", "tags", "price") == [("i1", "a|b", 9.5), ("i2", None, None)]
+    assert [d.column for d in src.item_features] == ["tags", "price"]
+
+
+def test_generic_parquet_implicit_feedback_unix_millis(spark, tmp_path):
+    table = pa.table({"u": pa.array([7, 8], pa.int32()), "i": ["a", "b"], "t": pa.array([1_700_000_000_000, 5])})
+    pq.write_table(table, tmp_path / "events.parquet")
+    spec = sources.FilesSource(interactions=sources.InteractionsFile(
+        path=str(tmp_path), user_id="u", item_id="i", rating=None, ts="t", ts_format="unix_millis"))
+    src = sources.load_files(spark, spec)
+    assert src.interactions.schema["user_id"].dataType.simpleString() == "bigint"
+    assert _rows(src.interactions, "user_id", "item_id", "rating", "ts") == [
+        (7, "a", None, _utc(1_700_000_000)), (8, "b", None, dt.datetime(1970, 1, 1, 0, 0, 0, 5000)),
+    ]
+
+
+def test_folder_not_found_is_a_source_error(spark, tmp_path):
+    with pytest.raises(SourceError, match=r"u.data: file: expected a file \(or a folder of files\), found nothing"):
+        sources.load_movielens_100k(spark, str(tmp_path / "missing"))
+    assert not os.path.exists(tmp_path / "missing")
