@@ -16,7 +16,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.kinds import KINDS, LOSS_PARAMS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, applicable, kinds_with
+from models.kinds import (
+    FACTORISED_KINDS,
+    KINDS,
+    LOSS_PARAMS,
+    LOSSES,
+    NEGATIVE_SAMPLERS,
+    OBJECTIVES,
+    TWO_STAGE_PARAMS,
+    applicable,
+    kinds_with,
+)
 
 
 class ConfigError(ValueError):
@@ -225,6 +235,8 @@ class ModelConfig(_Section):
     learning_rate: float = Field(0.005, gt=0)
     l2: float = Field(0.0, ge=0)
     patience: int = Field(2, ge=0)
+    retrieve_with: str | None = None
+    candidates: int = Field(200, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -261,6 +273,12 @@ class ModelConfig(_Section):
         allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
         for key in sorted(self.model_fields_set - allowed):
             kinds = kinds_with(key)
+            if key in TWO_STAGE_PARAMS:
+                raise ValueError(
+                    f"model '{self.name}': key '{key}' does not apply to kind {self.kind}: a factorised model is "
+                    f"scored exhaustively from its embeddings; two-stage ranking is for kinds "
+                    f"{', '.join(sorted(set(KINDS) - FACTORISED_KINDS))}; remove it"
+                )
             if kinds:
                 hint = f"it applies to kind {', '.join(kinds)}"
             else:
@@ -270,6 +288,8 @@ class ModelConfig(_Section):
                 f"model '{self.name}': key '{key}' does not apply to kind {self.kind} with objective "
                 f"{self.objective} ({hint}); remove it"
             )
+        if "candidates" in self.model_fields_set and self.retrieve_with is None:
+            raise ValueError(f"model '{self.name}': 'candidates' needs 'retrieve_with' (the model that retrieves them)")
         for key in _LAYER_KEYS:
             if key in allowed and not getattr(self, key) and key != "tower_layers":
                 raise ValueError(f"model '{self.name}': '{key}' needs at least one layer for kind {self.kind}")
@@ -339,6 +359,22 @@ class NightrecConfig(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"models: names must be unique, repeated: {', '.join(dupes)}")
+        earlier: dict[str, ModelConfig] = {}
+        for m in self.models:
+            if m.retrieve_with is not None:
+                retriever = earlier.get(m.retrieve_with)
+                if retriever is None:
+                    listed = "is listed after it" if m.retrieve_with in names else "is not in models"
+                    raise ValueError(
+                        f"model '{m.name}': retrieve_with '{m.retrieve_with}' {listed}; name a factorised model "
+                        f"listed before '{m.name}'"
+                    )
+                if retriever.kind not in FACTORISED_KINDS:
+                    raise ValueError(
+                        f"model '{m.name}': retrieve_with '{retriever.name}' is kind {retriever.kind}, not factorised; "
+                        f"the retriever must be one of {', '.join(sorted(FACTORISED_KINDS))}"
+                    )
+            earlier[m.name] = m
         return self
 
     def config_hash(self) -> str:

@@ -433,6 +433,7 @@ def publish_task(
                 "model_version": model_version,
                 "k": cfg.publish.k,
                 "trained_on": "train+holdout through ds" if cfg.publish.refit_on_full else "train window",
+                "scoring": _scoring_mode(cfg, name),
                 "metrics": metrics.get(name, {}),
                 "counts": counts,
             },
@@ -444,6 +445,14 @@ def publish_task(
 
 
 # -- helpers used by the tasks ------------------------------------------------------------
+def _scoring_mode(cfg: NightrecConfig, name: str) -> str:
+    """How a model's recommendations were selected (for the manifest)."""
+    model_cfg = next(m for m in cfg.models if m.name == name)
+    if model_cfg.retrieve_with is not None:
+        return f"two-stage: top {model_cfg.candidates} unseen items by {model_cfg.retrieve_with}, ranked by {name}"
+    return "exhaustive"
+
+
 def _union(frames: list[DataFrame]) -> DataFrame:
     out = frames[0]
     for frame in frames[1:]:
@@ -486,15 +495,27 @@ def _holdout_examples(cfg: NightrecConfig, paths: RunPaths, window: str) -> str:
     return out
 
 
+def _scoring_inputs(model_cfg: ModelConfig, embeddings_by_model: dict[str, dict]) -> dict:
+    """What scoring ``model_cfg`` needs: its own embedding tables (factorised models; {} otherwise) and,
+    for a two-stage ranking, the retriever's under "retriever" with the number of "candidates"."""
+    own = dict(embeddings_by_model[model_cfg.name])
+    if model_cfg.retrieve_with is not None:
+        own["retriever"] = embeddings_by_model[model_cfg.retrieve_with]
+        own["candidates"] = model_cfg.candidates
+    return own
+
+
 def _recommend_with(cfg: NightrecConfig, paths: RunPaths, window: str, trained: dict[str, Any],
-                    embeddings: dict[str, str], seen_events: DataFrame, users: DataFrame, k: int) -> DataFrame:
+                    embeddings: dict[str, Any], seen_events: DataFrame, users: DataFrame, k: int) -> DataFrame:
     """Top-K of a trained model for ``users``: a factorised model from its embeddings in Spark
-    (``_recommend``), any other model block by block in this process (``_recommend_in_process``)."""
+    (``_recommend``), any other model block by block in this process (``_recommend_in_process``),
+    in two stages when ``embeddings`` has a "retriever"."""
     spark = spark_for(cfg)
-    if embeddings:
+    if trained["factorised"]:
         return _recommend(spark, embeddings, seen_events, users, paths.work(window, "user_features"), k,
                           settings=cfg.scoring)
-    return _recommend_in_process(spark, paths, window, trained, seen_events, users, k, settings=cfg.scoring)
+    return _recommend_in_process(spark, paths, window, trained, seen_events, users, k, settings=cfg.scoring,
+                                 retriever=embeddings.get("retriever"), candidates=embeddings.get("candidates"))
 
 
 def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users: DataFrame,
@@ -524,16 +545,21 @@ def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users:
 
 
 def _recommend_in_process(spark, paths: RunPaths, window: str, trained: dict[str, Any], seen_events: DataFrame,
-                          users: DataFrame, k: int, *, settings: ScoringConfig | None = None) -> DataFrame:
-    """Top-K of a non-factorised model, scored exhaustively in this process (``models.topk.recommend``).
+                          users: DataFrame, k: int, *, settings: ScoringConfig | None = None,
+                          retriever: dict[str, str] | None = None, candidates: int | None = None) -> DataFrame:
+    """Top-K of a non-factorised model, scored in this process.
 
-    Users are routed as in ``_recommend`` (``scoring.assign_sources``): the
-    model scores the "model" and "features" users, popularity the rest.
+    Exhaustively (``models.topk.recommend``), or with a ``retriever`` (the
+    embedding tables of a factorised model) in two stages: the retriever's
+    ``candidates`` best unseen items per user, ranked by the model
+    (``models.topk.recommend_two_stage``). Users are routed as in
+    ``_recommend`` (``scoring.assign_sources``): the model scores the "model"
+    and "features" users, popularity the rest.
     """
     import pyarrow.parquet as pq
 
     from models.catalogue import SideTable, read_side_table
-    from models.topk import recommend
+    from models.topk import recommend, recommend_two_stage
     from models.train import MODEL_FILE, load_model
 
     model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
@@ -552,11 +578,27 @@ def _recommend_in_process(spark, paths: RunPaths, window: str, trained: dict[str
     seen = [np.asarray(seen_at.get(u) or [], dtype=np.int64) for u in chosen.ids.to_pylist()]
     out = paths.work(window, "in_process_recommendations", trained["name"])
     os.makedirs(out, exist_ok=True)
-    pq.write_table(recommend(model, chosen, catalogue, seen, k), os.path.join(out, "part-0.parquet"))
+    if retriever is None:
+        recs = recommend(model, chosen, catalogue, seen, k)
+    else:
+        user_vectors = _vectors_for(spark, retriever["user"], "user_id", chosen.ids)
+        item_vectors = _vectors_for(spark, retriever["item"], "item_id", catalogue.ids)
+        recs = recommend_two_stage(model, chosen, catalogue, seen, k, user_vectors, item_vectors, candidates)
+    pq.write_table(recs, os.path.join(out, "part-0.parquet"))
     model_recs = spark.read.parquet(out).join(by_model, on="user_id").select(*scoring.RECOMMENDATION_COLUMNS)
     rest = sources.where(F.col("source") == "popularity").select("user_id")
     pop = _popularity_recs(spark, seen_events, rest, catalogue.ids, k, settings=settings)
     return model_recs.unionByName(pop)
+
+
+def _vectors_for(spark, path: str, id_col: str, ids: pa.Array) -> np.ndarray:
+    """Rows of an embedding table for ``ids``, in that order: [len(ids), d] float32 (every id must be there)."""
+    table_ids, matrix = scoring.load_embeddings(spark, path, id_col)
+    index = pc.index_in(ids, value_set=table_ids)
+    if index.null_count:
+        raise ValueError(f"two-stage scoring: {index.null_count} {id_col}s have no row in the retriever's "
+                         f"embeddings {path}")
+    return np.ascontiguousarray(matrix[index.to_numpy().astype(np.int64)], dtype=np.float32)
 
 
 def _popularity_recs(spark, events: DataFrame, users: DataFrame, item_ids: pa.Array, k: int,
@@ -607,9 +649,11 @@ def nightly(ds: str, config_path: str | None = None, config: dict | None = None)
     features_task(cfg, paths, "eval", ["train"])
     metrics: dict[str, dict] = {}
     eval_runs: dict[str, dict] = {}
+    eval_embeddings: dict[str, dict] = {}
     for model_cfg in cfg.models:
         eval_runs[model_cfg.name] = train_task(cfg, model_cfg, paths, "eval")
-        emb = embed_task(cfg, paths, "eval", eval_runs[model_cfg.name])
+        eval_embeddings[model_cfg.name] = embed_task(cfg, paths, "eval", eval_runs[model_cfg.name])
+        emb = _scoring_inputs(model_cfg, eval_embeddings)
         metrics[model_cfg.name] = evaluate_task(cfg, paths, model_cfg, eval_runs[model_cfg.name], emb)
 
     window = "eval"
@@ -621,8 +665,10 @@ def nightly(ds: str, config_path: str | None = None, config: dict | None = None)
             m.name: train_task(cfg, m, paths, "full", epochs=eval_runs[m.name]["best_epoch"]) for m in cfg.models
         }
     recs_paths = {}
+    final_embeddings: dict[str, dict] = {}
     for model_cfg in cfg.models:
-        emb = embed_task(cfg, paths, window, final_runs[model_cfg.name])
+        final_embeddings[model_cfg.name] = embed_task(cfg, paths, window, final_runs[model_cfg.name])
+        emb = _scoring_inputs(model_cfg, final_embeddings)
         recs_paths[model_cfg.name] = score_task(cfg, paths, model_cfg, final_runs[model_cfg.name], emb, window)
     final_dirs = {name: run["model_dir"] for name, run in final_runs.items()}
     published = publish_task(cfg, paths, ds, recs_paths, final_dirs, metrics, counts, window)

@@ -40,7 +40,7 @@ SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
 SCHEMA_VERSION = 1
 
-TABLES = ("recommendations", "user_features", "item_features", "metrics", "quarantine", "models")
+TABLES = ("recommendations", "user_features", "item_features", "training_examples", "metrics", "quarantine", "models")
 
 
 class PublishError(RuntimeError):

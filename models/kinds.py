@@ -92,10 +92,20 @@ KINDS: dict[str, Kind] = {
 }
 
 
+#: Kinds whose score is a dot product of a user and an item embedding (``model.factorised``): scored in
+#: Spark from embedding tables, and usable as the retriever of a two-stage ranking.
+FACTORISED_KINDS = frozenset({"mf", "mf_mean", "linear_rs", "two_tower", "fm", "gmf"})
+
+#: Config keys of the two-stage ranking, for the kinds that are not factorised.
+TWO_STAGE_PARAMS = frozenset({"retrieve_with", "candidates"})
+
+
 def applicable(kind: str, loss: str | None) -> frozenset:
     """Every config key a model of ``kind`` may set (with ``loss`` for implicit feedback)."""
     info = KINDS[kind]
     keys = TRAINING_PARAMS | info.params
+    if kind not in FACTORISED_KINDS:
+        keys = keys | TWO_STAGE_PARAMS
     if loss is not None:
         keys = keys | LOSS_PARAMS[loss]
     return keys

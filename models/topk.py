@@ -37,6 +37,7 @@ def _compiled(model) -> dict:
             "user": tf.function(lambda inputs: model.user_parts(inputs), reduce_retracing=True),
             "item": tf.function(lambda inputs: model.item_parts(inputs), reduce_retracing=True),
             "cross": tf.function(lambda user, item: model.pair_scores(user, item, cross=True), reduce_retracing=True),
+            "aligned": tf.function(lambda user, item: model.pair_scores(user, item), reduce_retracing=True),
         }
     return _COMPILED[model]
 
@@ -68,6 +69,13 @@ class BlockScorer:
             item = {k: v[start : start + self.item_block] for k, v in self.item_parts.items()}
             blocks.append(self.fn["cross"](user, item))
         return tf.concat(blocks, axis=1)
+
+    def scores_at(self, user_columns: Mapping[str, np.ndarray], positions: np.ndarray) -> tf.Tensor:
+        """[n_users, n] float32 scores of each user row against its own n catalogue positions ([n_users, n])."""
+        user = {k: tf.expand_dims(v, 1) for k, v in self.fn["user"](dict(user_columns)).items()}
+        index = tf.constant(positions, dtype=tf.int64)
+        item = {k: tf.gather(v, index) for k, v in self.item_parts.items()}
+        return self.fn["aligned"](user, item)
 
 
 def mask_seen(scores: tf.Tensor, seen: Sequence[np.ndarray]) -> tf.Tensor:
@@ -140,9 +148,86 @@ def recommend(
         user row then rank; a user gets fewer than k rows only when fewer
         unseen items exist.
     """
+    blocks = top_k_blocks(model, users.columns, catalogue.columns, seen, k, user_block=user_block,
+                          item_block=item_block)
+    return _recommendation_table(users, catalogue, blocks)
+
+
+def two_stage_blocks(
+    model,
+    user_columns: Mapping[str, np.ndarray],
+    item_columns: Mapping[str, np.ndarray],
+    seen: Sequence[np.ndarray],
+    k: int,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    candidates: int,
+    *,
+    user_block: int = 512,
+    item_block: int = 4096,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Two-stage top-``k``: a factorised retriever's ``candidates`` best unseen items, ordered by ``model``.
+
+    Stage 1 scores every item exhaustively by <user_vectors[u], item_vectors[i]>
+    (seen items masked first) and keeps the top ``candidates``; stage 2 scores
+    only those (user, item) pairs with ``model`` and keeps the best ``k``.
+    Equal ranking scores: the lower item id first.
+
+    Args:
+        user_vectors: [n_users, d] retriever embeddings, rows aligned with ``user_columns``.
+        item_vectors: [n_items, d] retriever embeddings in catalogue order.
+
+    Yields:
+        As ``top_k_blocks``: (first user row, positions [b, k'], scores [b, k']), -1 where none is left.
+    """
+    scorer = BlockScorer(model, item_columns, item_block=item_block)
+    n_items = scorer.n_items
+    if item_vectors.shape[0] != n_items or user_vectors.shape[0] != len(seen):
+        raise ValueError(f"two-stage scoring: {item_vectors.shape[0]} item vectors for {n_items} catalogue items, "
+                         f"{user_vectors.shape[0]} user vectors for {len(seen)} users; they must match row for row")
+    n = min(int(candidates), n_items)
+    kk = min(int(k), n)
+    if kk == 0:
+        return
+    items_t = tf.constant(item_vectors, dtype=tf.float32)
+    for start in range(0, len(seen), user_block):
+        stop = min(start + user_block, len(seen))
+        retrieval = tf.matmul(tf.constant(user_vectors[start:stop], tf.float32), items_t, transpose_b=True)
+        values, positions = tf.math.top_k(mask_seen(retrieval, seen[start:stop]), k=n, sorted=False)
+        # candidates in ascending catalogue order (so equal ranking scores keep the lower item id); none = n_items
+        chosen = np.sort(np.where(np.isfinite(values.numpy()), positions.numpy(), n_items), axis=1)
+        valid = chosen < n_items
+        ranked = scorer.scores_at(_rows(user_columns, start, stop), np.minimum(chosen, n_items - 1))
+        ranked = tf.where(tf.constant(valid), ranked, tf.constant(-np.inf, ranked.dtype))
+        best, at = tf.math.top_k(ranked, k=kk, sorted=True)
+        best = best.numpy()
+        picked = np.take_along_axis(chosen, at.numpy(), axis=1).astype(np.int64)
+        yield start, np.where(np.isfinite(best), picked, -1), best
+
+
+def recommend_two_stage(
+    model,
+    users,
+    catalogue,
+    seen: Sequence[np.ndarray],
+    k: int,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    candidates: int,
+    *,
+    user_block: int = 512,
+    item_block: int = 4096,
+) -> pa.Table:
+    """``recommend`` in two stages (``two_stage_blocks``): the same table, ranked among the retrieved candidates."""
+    blocks = two_stage_blocks(model, users.columns, catalogue.columns, seen, k, user_vectors, item_vectors,
+                              candidates, user_block=user_block, item_block=item_block)
+    return _recommendation_table(users, catalogue, blocks)
+
+
+def _recommendation_table(users, catalogue, blocks) -> pa.Table:
+    """Table[user_id, rank, item_id, score] from (first user row, positions, scores) blocks."""
     parts = []
-    for start, positions, values in top_k_blocks(model, users.columns, catalogue.columns, seen, k,
-                                                 user_block=user_block, item_block=item_block):
+    for start, positions, values in blocks:
         rows, ranks = np.nonzero(positions >= 0)
         parts.append(pa.table({
             "user_id": users.ids.take(pa.array(start + rows)),

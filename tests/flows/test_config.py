@@ -89,3 +89,25 @@ def test_a_key_of_another_kind_or_loss_is_refused_with_the_reason():
         parse_config({"models": [{"name": "a", "kind": "gmf", "negative_ratio": 0}]})
     with pytest.raises(ConfigError, match=r"'deep_layers' needs at least one layer"):
         parse_config({"models": [{"name": "a", "kind": "wide_deep", "deep_layers": []}]})
+
+
+def _models_error(models):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"models": models}, "nightly.yaml")
+    return str(err.value)
+
+
+def test_two_stage_keys_are_checked():
+    cfg = parse_config({"models": [{"name": "tt", "kind": "two_tower"},
+                                   {"name": "dfm", "kind": "deepfm", "retrieve_with": "tt", "candidates": 50}]}, "x")
+    assert cfg.models[1].retrieve_with == "tt" and cfg.models[1].candidates == 50
+    assert cfg.models[0].retrieve_with is None and cfg.models[0].candidates == 200
+    message = _models_error([{"name": "dfm", "kind": "deepfm", "retrieve_with": "tt"}, {"name": "tt"}])
+    assert "model 'dfm': retrieve_with 'tt' is listed after it" in message
+    assert "retrieve_with 'nope' is not in models" in _models_error(
+        [{"name": "tt"}, {"name": "dfm", "kind": "deepfm", "retrieve_with": "nope"}])
+    message = _models_error([{"name": "n", "kind": "neumf"}, {"name": "dfm", "kind": "deepfm", "retrieve_with": "n"}])
+    assert "retrieve_with 'n' is kind neumf, not factorised" in message
+    message = _models_error([{"name": "tt", "kind": "two_tower", "retrieve_with": "x"}])
+    assert "models.0" in message and "key 'retrieve_with' does not apply to kind two_tower" in message
+    assert "'candidates' needs 'retrieve_with'" in _models_error([{"name": "d", "kind": "deepfm", "candidates": 9}])

@@ -138,6 +138,8 @@ MULTI = {
          "batch_size": 128},
         {"name": "dfm", "kind": "deepfm", "embedding_dim": 4, "deep_layers": [8], "epochs": 1, "batch_size": 128,
          "negative_ratio": 2},
+        {"name": "reranked", "kind": "deepfm", "embedding_dim": 4, "deep_layers": [8], "epochs": 1,
+         "batch_size": 128, "negative_ratio": 2, "retrieve_with": "ratings", "candidates": 12},
     ],
     "publish": {"k": K, "refit_on_full": False},
 }
@@ -190,3 +192,31 @@ def test_several_models_are_trained_evaluated_and_published(multi_run):
                 values = np.array([list(v)[:width] + [-1] * (width - len(v)) for v in values])
             batch[column] = values.astype(np.float32 if values.dtype.kind == "f" else np.int32)
     np.testing.assert_allclose(np.asarray(model(batch)), sample.score.to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_two_stage_model_ranks_only_the_retrievers_candidates(multi_run):
+    warehouse, summary = multi_run
+    part = warehouse / "recommendations" / f"ds={DS}" / "model=reranked"
+    manifest = json.loads((part / "_manifest.json").read_text())
+    assert manifest["scoring"] == "two-stage: top 12 unseen items by ratings, ranked by reranked"
+    assert json.loads((warehouse / "recommendations" / f"ds={DS}" / "model=dfm" / "_manifest.json").read_text()
+                      )["scoring"] == "exhaustive"
+    recs = pd.read_parquet(part)
+    rated = set(zip(_events_through_ds().user_id, _events_through_ds().item_id))
+    assert (recs.groupby("user_id").size() == K).all()
+    assert not any((u, i) in rated for u, i in zip(recs.user_id, recs.item_id))
+    # The retriever's candidates, recomputed from its published embedding tables in NumPy.
+    folder = warehouse / "models" / f"ds={DS}" / "model=ratings"
+    user_emb = pd.read_parquet(folder / "user_embeddings.parquet").set_index("user_id")
+    item_emb = pd.read_parquet(folder / "item_embeddings.parquet").sort_values("item_id")
+    items = item_emb.item_id.to_numpy()
+    item_matrix = np.stack(item_emb.embedding.to_numpy()).astype(np.float64)
+    modelled = recs[recs.source != "popularity"]
+    assert len(modelled) > 0
+    for user, rows in modelled.groupby("user_id"):
+        scores = item_matrix @ np.asarray(user_emb.loc[user, "embedding"], np.float64)
+        unseen = [j for j in range(len(items)) if (user, items[j]) not in rated]
+        top = sorted(unseen, key=lambda j: (-scores[j], items[j]))
+        # float32 vs float64: allow the boundary candidate to differ
+        assert set(rows.item_id) <= set(items[top[:13]]), user
+    assert summary["metrics"]["reranked"]["model"]["users"] > 0

@@ -217,3 +217,10 @@ def test_build_model_refuses_parameters_of_other_kinds():
         build_model("mf", SPEC, tower_layers=[4])
     with pytest.raises(ValueError, match="unknown model kind 'svd'"):
         build_model("svd", SPEC)
+
+
+def test_factorised_kinds_are_the_models_that_say_so():
+    from models.kinds import FACTORISED_KINDS
+
+    factorised = {kind for kind in KINDS if build_model(kind, SPEC, **_params(kind)).factorised}
+    assert factorised == FACTORISED_KINDS

@@ -1,0 +1,105 @@
+"""In-process exhaustive and two-stage top-K of a real Keras DeepFM against NumPy references."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from models.catalogue import SideTable
+from models.registry import build_model
+from models.topk import recommend, recommend_two_stage
+
+from tests.models.test_models import SPEC
+
+N_USERS, N_ITEMS = 6, 7
+
+
+def _sides(rng):
+    users = {"user_idx": np.arange(N_USERS, dtype=np.int32),
+             "user_gender": rng.integers(0, 4, N_USERS).astype(np.int32),
+             "user_age": rng.standard_normal(N_USERS).astype(np.float32)}
+    genres = rng.integers(0, 5, (N_ITEMS, 3)).astype(np.int32)
+    genres[:, 1:][rng.random((N_ITEMS, 2)) < 0.5] = -1
+    items = {"item_idx": np.arange(N_ITEMS, dtype=np.int32), "item_genres": genres,
+             "item_year": rng.standard_normal(N_ITEMS).astype(np.float32)}
+    # source ids: users 100.., items 10, 20, ... (ascending, as the catalogue order requires)
+    return (SideTable(ids=pa.array(np.arange(100, 100 + N_USERS)), columns=users),
+            SideTable(ids=pa.array(10 * np.arange(1, N_ITEMS + 1)), columns=items))
+
+
+@pytest.fixture(scope="module")
+def deepfm():
+    rng = np.random.default_rng(3)
+    users, catalogue = _sides(rng)
+    model = build_model("deepfm", SPEC, embedding_dim=4, deep_layers=[8, 4])
+    model.score_matrix(users.columns, catalogue.columns)
+    model.set_weights([rng.normal(scale=0.4, size=w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
+                       for w in model.get_weights()])
+    # the plain model on every aligned (user, item) row: the reference scores
+    rows = {c: np.repeat(v, N_ITEMS, axis=0) for c, v in users.columns.items()}
+    rows.update({c: np.tile(v, (N_USERS,) + (1,) * (v.ndim - 1)) for c, v in catalogue.columns.items()})
+    plain = np.asarray(model(rows)).reshape(N_USERS, N_ITEMS)
+    seen = [np.array([0, 3]), np.array([], np.int64), np.arange(N_ITEMS), np.array([6]),
+            np.arange(1, N_ITEMS), np.array([2, 4])]
+    return model, users, catalogue, plain, seen
+
+
+def _reference(scores, seen, k, allowed=None):
+    """Per user row: positions of the k best scores, seen (and not allowed) excluded, ties to the lower position."""
+    out = []
+    for row, excluded in enumerate(seen):
+        keep = [p for p in range(scores.shape[1]) if p not in set(excluded.tolist())
+                and (allowed is None or p in allowed[row])]
+        out.append(sorted(keep, key=lambda p: (-scores[row, p], p))[:k])
+    return out
+
+
+def _by_user(table, users, catalogue):
+    """{user row: [catalogue positions by rank]} from a recommendation table."""
+    user_row = {u: r for r, u in enumerate(users.ids.to_pylist())}
+    item_pos = {i: p for p, i in enumerate(catalogue.ids.to_pylist())}
+    out = {r: [] for r in range(len(users))}
+    for u, rank, i in sorted(zip(table["user_id"].to_pylist(), table["rank"].to_pylist(), table["item_id"].to_pylist())):
+        out[user_row[u]].append(item_pos[i])
+    return [out[r] for r in range(len(users))]
+
+
+def test_exhaustive_top_k_equals_argsort_of_the_plain_model(deepfm):
+    model, users, catalogue, plain, seen = deepfm
+    table = recommend(model, users, catalogue, seen, k=3, user_block=4, item_block=3)
+    assert _by_user(table, users, catalogue) == _reference(plain, seen, 3)
+    # user 2 saw everything: no rows; user 4 has one unseen item: one row
+    assert [len(r) for r in _by_user(table, users, catalogue)] == [3, 3, 0, 3, 1, 3]
+    first = table.filter(pa.compute.equal(table["rank"], 1))
+    expected = [plain[r, _reference(plain, seen, 1)[r][0]] for r in (0, 1, 3, 4, 5)]
+    np.testing.assert_allclose(first["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_two_stage_ranks_the_retrievers_candidates_with_the_model(deepfm):
+    model, users, catalogue, plain, seen = deepfm
+    rng = np.random.default_rng(8)
+    user_vectors = rng.standard_normal((N_USERS, 3)).astype(np.float32)
+    item_vectors = rng.standard_normal((N_ITEMS, 3)).astype(np.float32)
+    retrieval = user_vectors.astype(np.float64) @ item_vectors.T.astype(np.float64)
+    candidates = [set(c) for c in _reference(retrieval, seen, 4)]       # the retriever's top 4 unseen
+    table = recommend_two_stage(model, users, catalogue, seen, 2, user_vectors, item_vectors, candidates=4,
+                                user_block=4)
+    expected = _reference(plain, seen, 2, allowed=candidates)
+    assert expected != _reference(plain, seen, 2)        # the retrieval stage changes the answer here
+    assert _by_user(table, users, catalogue) == expected
+
+
+def test_two_stage_with_every_item_as_candidate_is_the_exhaustive_top_k(deepfm):
+    model, users, catalogue, plain, seen = deepfm
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((N_USERS, 2)).astype(np.float32), rng.standard_normal((N_ITEMS, 2)).astype(np.float32)
+    two_stage = recommend_two_stage(model, users, catalogue, seen, 3, *vectors, candidates=50)
+    exhaustive = recommend(model, users, catalogue, seen, 3)
+    assert _by_user(two_stage, users, catalogue) == _by_user(exhaustive, users, catalogue)
+    np.testing.assert_allclose(two_stage["score"].to_numpy(), exhaustive["score"].to_numpy(), rtol=1e-6)
+
+
+def test_two_stage_refuses_vectors_that_do_not_match_the_catalogue(deepfm):
+    model, users, catalogue, _, seen = deepfm
+    with pytest.raises(ValueError, match="6 item vectors for 7 catalogue items"):
+        recommend_two_stage(model, users, catalogue, seen, 2, np.zeros((N_USERS, 2), np.float32),
+                            np.zeros((6, 2), np.float32), candidates=3)
