@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from models.kinds import (
     FACTORISED_KINDS,
@@ -265,6 +273,17 @@ class ModelConfig(_Section):
         if self.objective == "rating":
             return None
         return self.loss or KINDS[self.kind].default_loss
+
+    @model_serializer(mode="wrap")
+    def _applicable_keys_only(self, handler) -> dict[str, Any]:
+        """Dump only the keys that apply to this kind, objective and loss, so a dump parses again."""
+        data = handler(self)
+        allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
+        if self.objective == "rating":
+            allowed = allowed - {"loss"}
+        if self.retrieve_with is None:
+            allowed = allowed - TWO_STAGE_PARAMS
+        return {key: value for key, value in data.items() if key in allowed}
 
     @model_validator(mode="after")
     def _keys_apply(self) -> "ModelConfig":

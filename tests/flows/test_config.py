@@ -111,3 +111,22 @@ def test_two_stage_keys_are_checked():
     message = _models_error([{"name": "tt", "kind": "two_tower", "retrieve_with": "x"}])
     assert "models.0" in message and "key 'retrieve_with' does not apply to kind two_tower" in message
     assert "'candidates' needs 'retrieve_with'" in _models_error([{"name": "d", "kind": "deepfm", "candidates": 9}])
+
+
+def test_a_dumped_config_parses_again_to_the_same_config():
+    # The CLI hands the flow cfg.model_dump(); every kind, objective and loss must survive the round trip.
+    from models.kinds import KINDS
+
+    models = [{"name": f"{kind}_{objective}", "kind": kind, "objective": objective}
+              for kind in sorted(KINDS) for objective in ("implicit", "rating")]
+    models.append({"name": "tt_bce", "kind": "two_tower", "loss": "sampled_bce", "negative_ratio": 3})
+    models.append({"name": "ranker", "kind": "deepfm", "retrieve_with": "mf_implicit", "candidates": 30})
+    cfg = parse_config({"models": models}, "nightly.yaml")
+    dumped = cfg.model_dump(mode="json")
+    again = parse_config(dumped, "dumped")
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    by_name = {m["name"]: m for m in dumped["models"]}
+    assert "tower_layers" in by_name["two_tower_implicit"] and "tower_layers" not in by_name["mf_implicit"]
+    assert "loss" not in by_name["mf_rating"] and "temperature" not in by_name["mf_rating"]
+    assert by_name["tt_bce"]["negative_ratio"] == 3 and "temperature" not in by_name["tt_bce"]
+    assert by_name["ranker"]["candidates"] == 30 and "candidates" not in by_name["deepfm_implicit"]
