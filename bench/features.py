@@ -23,36 +23,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.proc_cpu import tree_cpu_seconds  # noqa: E402
 from jobs import features, sources, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
-
-
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and all its descendants.
-
-    Spark's JVM and its Python workers are descendants of this driver; the
-    CPU of exited workers is counted through their parents' cutime/cstime.
-    Read from /proc (Linux), so it does not depend on other load on the machine.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    parents, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = sum(int(v) for v in fields[11:15]) / tick
-    tree, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(cpu.get(pid, 0.0) for pid in tree)
 
 
 def _timed(timings: dict, name: str, fn):
@@ -68,10 +41,10 @@ class Steps:
     def __init__(self):
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
-        self._wall, self._cpu = time.perf_counter(), cpu_seconds()
+        self._wall, self._cpu = time.perf_counter(), tree_cpu_seconds()
 
     def __call__(self, name: str) -> None:
-        wall, cpu = time.perf_counter(), cpu_seconds()
+        wall, cpu = time.perf_counter(), tree_cpu_seconds()
         self.wall[name], self.cpu[name] = wall - self._wall, cpu - self._cpu
         self._wall, self._cpu = wall, cpu
 

@@ -46,6 +46,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # (e) imports TensorFlow
 
+from bench.proc_cpu import tree_cpu_seconds  # noqa: E402
 from jobs import decomposed, scoring  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
@@ -69,33 +70,6 @@ def write_seen(path: str, n_users: int, n_items: int, rng: np.random.Generator) 
     items = (rng.integers(0, n_items, size=(n_users, 1)) + np.arange(SEEN_PER_USER) * 7) % n_items
     pq.write_table(pa.table({"user_id": users, "item_id": items.reshape(-1).astype(np.int64)}),
                    os.path.join(path, "part-000.parquet"))
-
-
-def tree_cpu_seconds() -> float:
-    """CPU seconds of this process and all its descendants (the Spark JVM, its Python workers).
-
-    Live processes count their own user + system time, plus the time of
-    children they have reaped; other engineers' processes are not counted.
-    """
-    parents, cpu = {}, {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
-    mine = {os.getpid()}
-    grew = True
-    while grew:
-        found = {pid for pid, parent in parents.items() if parent in mine} - mine
-        grew = bool(found)
-        mine |= found
-    return sum(cpu[pid] for pid in mine)
 
 
 def timed(run, repeats: int) -> tuple[float, list[float], float]:
