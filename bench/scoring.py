@@ -94,7 +94,7 @@ def nightrec_job(spark, users_path: str, items_path: str, out: str, k: int, seen
     from pyspark.sql import functions as F
 
     item_ids, item_matrix = scoring.load_embeddings(spark, items_path, "item_id")
-    users = spark.read.parquet(users_path).withColumn("source", F.lit("model"))
+    users = scoring.read_embeddings(spark, users_path, "user_id").withColumn("source", F.lit("model"))
     partitions = None
     if seen_path:
         catalogue = scoring.catalogue_frame(spark, item_ids)
@@ -157,7 +157,11 @@ def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, 
 
     from jobs import topk
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf_name = "tf.math.top_k"
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError:  # (f) started TensorFlow already, with its own thread pool
+        tf_name = "tf.math.top_k (TF's thread pool, all cores)"
     rows = 256
     width = topk.padded_width(n_items)
     scores = np.full((rows, width), -np.inf, np.float32)
@@ -166,7 +170,7 @@ def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, 
     candidates = {
         "two-level (nightrec)": lambda: topk.select_top_k(scores, k),
         "np.argpartition": lambda: np.argpartition(-scores, k - 1, axis=1),
-        "tf.math.top_k": lambda: tf.math.top_k(scores, k),
+        tf_name: lambda: tf.math.top_k(scores, k),
     }
     figures = []
     with threadpool_limits(limits=1, user_api="blas"):

@@ -534,7 +534,7 @@ def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users:
     item_ids, item_matrix = scoring.load_embeddings(spark, embeddings["item"], "item_id")
     catalogue = scoring.catalogue_frame(spark, item_ids)
     seen = scoring.seen_positions(seen_events, catalogue)
-    user_emb = spark.read.parquet(embeddings["user"])
+    user_emb = scoring.read_embeddings(spark, embeddings["user"], "user_id")
     sources = scoring.assign_sources(users, spark.read.parquet(user_features_path), state)
     by_model = sources.where(F.col("source") != "popularity").join(user_emb, on="user_id", how="inner")
     rows = by_model.join(seen, on="user_id", how="left")

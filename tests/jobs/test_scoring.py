@@ -163,3 +163,23 @@ def test_assign_sources(spark):
     got = {r.user_id: r.source for r in scoring.assign_sources(users, features, state).collect()}
     assert got == {1: "model", 7: "features", 8: "features", 9: "features",
                    10: "popularity", 11: "popularity", 12: "popularity"}
+
+
+def test_read_embeddings_takes_the_schema_from_the_files(spark, tmp_path):
+    import pyarrow.parquet as pq
+
+    # a Spark-written folder (string ids, _SUCCESS and .crc files beside the parts)
+    frame = spark.createDataFrame([("b", [1.0, 2.0]), ("a", [3.0, 4.0])], "item_id string, embedding array<float>")
+    spark_folder = str(tmp_path / "spark_written")
+    frame.repartition(2).write.parquet(spark_folder)
+    # a single pyarrow-written file (int32 ids, double values, an extra column)
+    single = str(tmp_path / "user_embeddings.parquet")
+    pq.write_table(pa.table({"user_id": pa.array([7, 5], pa.int32()), "extra": ["x", "y"],
+                             "embedding": pa.array([[0.5], [1.5]], pa.list_(pa.float64()))}), single)
+    got = scoring.read_embeddings(spark, spark_folder, "item_id")
+    assert got.dtypes == [("item_id", "string"), ("embedding", "array<float>")]
+    assert sorted((r.item_id, r.embedding) for r in got.collect()) == [("a", [3.0, 4.0]), ("b", [1.0, 2.0])]
+    for where in (single, "file://" + single):
+        got = scoring.read_embeddings(spark, where, "user_id")
+        assert got.dtypes == [("user_id", "int"), ("embedding", "array<double>")]
+        assert sorted((r.user_id, r.embedding) for r in got.collect()) == [(5, [1.5]), (7, [0.5])]

@@ -108,3 +108,74 @@ def test_mask_positions_ignores_positions_outside_the_block():
     scores = np.zeros((2, 4), np.float32)
     topk.mask_positions(scores, np.array([0, 3, 4]), np.array([10, 13, 99, 12]), col_offset=10)
     assert np.isinf(scores).tolist() == [[True, False, False, True], [False, False, True, False]]
+
+
+@pytest.mark.parametrize("k", [1, 10, 40])
+@pytest.mark.parametrize("values", ["normal", "few integers", "signed zeros"])
+def test_wide_rows_fold_groups_into_supergroups_and_match_argsort(k, values):
+    # 4 x 700 columns, width 4: 700 groups, at least two per supergroup (S = max(4k, 64) <= 160),
+    # so the threshold comes from the supergroup maxima; -inf entries and whole -inf rows included.
+    rng = np.random.default_rng(k)
+    shape = (12, 2800)
+    if values == "normal":
+        scores = rng.standard_normal(shape).astype(np.float32)
+    elif values == "few integers":
+        scores = rng.integers(0, 4, size=shape).astype(np.float32)
+    else:  # 0.0 and -0.0 are equal scores: the lower column must win between them
+        scores = np.where(rng.random(shape) < 0.5, np.float32(0.0), np.float32(-0.0))
+    scores[rng.random(shape) < 0.4] = -np.inf
+    scores[3] = -np.inf
+    scores[4, :] = -np.inf
+    scores[4, [5, 2000]] = 1.0  # two finite entries, k may be larger
+    rows, cols, vals = topk.select_top_k(scores.copy(), k, group_width=4)
+    expected = reference_top_k(scores, k)
+    assert as_lists(rows, cols, vals, 12) == expected
+    assert expected[3] == [] and [c for c, _ in expected[4]] == [5, 2000][:k]
+
+
+def test_keep_top_k_orders_by_score_then_lower_column_for_any_input_order():
+    rows = np.array([1, 0, 1, 0, 1, 0, 1], np.int64)
+    cols = np.array([9, 4, 2, 7, 5, 1, 3], np.int64)
+    vals = np.array([0.5, 2.0, 0.5, 0.0, 0.75, -0.0, 0.5], np.float64)  # float64 stays float64
+    r, c, v = topk.keep_top_k(rows, cols, vals, 3, 2)
+    # row 0: 2.0 (col 4), then -0.0 and 0.0 are equal -> col 1 before col 7; row 1: 0.75 (col 5),
+    # then the three 0.5s by column: 2, 3 (9 dropped)
+    assert r.tolist() == [0, 0, 0, 1, 1, 1]
+    assert c.tolist() == [4, 1, 7, 5, 2, 3]
+    assert v.dtype == np.float64 and v.tolist() == [2.0, -0.0, 0.0, 0.75, 0.5, 0.5]
+    # the only tie is -0.0 (col 1) against 0.0 (col 6): still equal scores, the lower column first
+    r, c, v = topk.keep_top_k(np.array([0, 0, 0]), np.array([6, 1, 3]), np.array([0.0, -0.0, 1.5], np.float32), 2, 1)
+    assert c.tolist() == [3, 1]
+    empty = topk.keep_top_k(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 3, 4)
+    assert all(a.size == 0 for a in empty)
+
+
+def test_many_users_leave_in_several_output_batches_with_ranks_per_user():
+    import pyarrow as pa
+
+    rng = np.random.default_rng(11)
+    n_users, n_items, k = scoring.OUTPUT_USERS + 300, 50, 3
+    users = rng.standard_normal((n_users, 4)).astype(np.float32)
+    items = rng.standard_normal((n_items, 4)).astype(np.float32)
+    seen = [rng.choice(n_items, size=rng.integers(0, 5), replace=False) for _ in range(n_users)]
+    seen[7] = np.arange(n_items)  # nothing left: no rows for this user
+    lengths = [len(s) for s in seen]
+    seen_pos = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+                                        pa.array(np.concatenate(seen).astype(np.int32)))
+    embedding = pa.ListArray.from_arrays(pa.array(np.arange(n_users + 1, dtype=np.int32) * 4),
+                                         pa.array(users.reshape(-1)))
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(np.arange(n_users) + 1000), embedding, seen_pos, pa.array(["model"] * n_users)],
+        names=["user_id", "embedding", "seen_pos", "source"])
+    item_ids = pa.array(np.arange(n_items) * 10)
+    out = list(scoring._score_arrow_batches(iter([batch]), scoring.BlockScorer(items, k, block_rows=64), item_ids))
+    assert len(out) == 2 and out[0].num_rows == scoring.OUTPUT_USERS * k - k  # user 7 has no rows
+    got = pa.Table.from_batches(out).to_pylist()
+    scores = users @ items.T
+    for u, s in enumerate(seen):
+        scores[u, s] = -np.inf
+    expected = [
+        {"user_id": u + 1000, "rank": rank + 1, "item_id": c * 10, "score": v, "source": "model"}
+        for u, ranked in enumerate(reference_top_k(scores, k)) for rank, (c, v) in enumerate(ranked)
+    ]
+    assert got == expected
