@@ -9,9 +9,9 @@ K x w of them again per row:
    (group ``g`` holds columns ``g, g + G, g + 2G, ...``), so the group maxima
    are an element-wise maximum of ``w`` contiguous slices: [n, G].
 2. A threshold ``t`` per row that is at most the row's K-th best score: the
-   group maxima are folded once more into ``S`` supergroups (about 4K of
-   them) and ``t`` is the K-th largest supergroup maximum (a partition over
-   ``S`` values, not ``G`` or ``m``). K different supergroups reach ``t``, each
+   group maxima are folded once more into ``S = max(4K, 64)`` supergroups
+   and ``t`` is the K-th largest supergroup maximum (a partition over ``S``
+   values, not ``G`` or ``m``). K different supergroups reach ``t``, each
    through its own column, so the row's K-th best score is at least ``t``:
    every top-K score is ``>= t`` and lies in a group whose maximum is
    ``>= t``. With S >> K the top K rarely share a supergroup, so usually
@@ -34,7 +34,8 @@ NEG_INF = np.float32(-np.inf)
 _LOWEST = np.finfo(np.float32).min
 
 # Whole selection, one thread, a [256, 20,480] block of scores, K = 10, on the 2-core
-# box: width 16 -> 0.64, 32 -> 0.57, 64 -> 0.63, 128 -> 0.72 ns per score.
+# box (best of 15, two sweeps): width 8 -> 0.49-0.52, 16 -> 0.43-0.50, 32 -> 0.45-0.46,
+# 64 -> 0.53, 128 -> 0.67-0.72 ns per score.
 DEFAULT_GROUP_WIDTH = 32
 # Step 2's supergroups: S = max(4K, 64); the chance that two of the top K share
 # one (and one more group qualifies) is about K^2 / 2S.
