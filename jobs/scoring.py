@@ -43,7 +43,7 @@ RECOMMENDATION_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
 
 DEFAULT_BLOCK_ROWS = 128
 DEFAULT_ITEM_BLOCK_BYTES = 256 * 2**20
-OUTPUT_USERS = 2048
+OUTPUT_USERS = 2048  # users per output batch of a scoring worker (see _score_arrow_batches)
 
 # Objects built once per Python worker process (Spark reuses workers across
 # tasks: spark.python.worker.reuse), e.g. a loaded Keras tower.
@@ -457,7 +457,7 @@ _SPARK_ELEMENT_TYPES = {pa.float32(): "float", pa.float64(): "double"}
 
 
 def read_embeddings(spark: SparkSession, path: str, id_col: str) -> DataFrame:
-    """An embeddings Parquet folder -> DataFrame[id_col, embedding: array<float>] read by Spark (lazily).
+    """An embeddings Parquet folder -> DataFrame[id_col, embedding: array<float or double>], read by Spark lazily.
 
     For a local folder the schema is taken from one file's footer with
     pyarrow, which spares the Spark job that ``spark.read.parquet`` runs to

@@ -97,7 +97,7 @@ def _sortable_bits(vals: np.ndarray) -> np.ndarray:
 
 
 def _threshold(group_max: np.ndarray, k: int, supergroups: int) -> np.ndarray:
-    """[n, G] group maxima -> [n] a value at most each row's k-th best score (step 2).
+    """[n, G] group maxima -> [n] a value at most each row's k-th best score (step 2; supergroups > k).
 
     The k-th largest maximum of ``supergroups`` disjoint sets of groups
     (set ``s`` holds groups ``s, s + S, ...``); the groups themselves when
@@ -107,7 +107,7 @@ def _threshold(group_max: np.ndarray, k: int, supergroups: int) -> np.ndarray:
     if groups <= k:
         return np.full(n, NEG_INF, np.float32)
     folds = groups // supergroups
-    if supergroups <= k or folds < 2:
+    if folds < 2:
         return np.partition(group_max, groups - k, axis=1)[:, groups - k]
     main = folds * supergroups
     folded = group_max[:, :main].reshape(n, folds, supergroups).max(axis=1)  # [n, S]
