@@ -194,6 +194,7 @@ class FeatureConfig(_Section):
     affinity_column: str | None = "genres"
     max_tags_per_item: int = Field(10, ge=1)
     rows_per_partition: int = Field(500_000, ge=1000)
+    example_statistics: Literal["leave_one_out", "point_in_time"] = "leave_one_out"
 
     @field_validator("quantiles")
     @classmethod

@@ -113,6 +113,7 @@ def _feature_settings(cfg: NightrecConfig) -> features.FeatureSettings:
         affinity_column=f.affinity_column,
         rows_per_partition=f.rows_per_partition,
         seed=cfg.seed,
+        example_statistics=f.example_statistics,
     )
 
 
