@@ -197,8 +197,8 @@ IMPLICIT = [
     Entry("mf", "mf", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
     Entry("mf_mean", "mf_mean", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
     Entry("linear_rs", "linear_rs", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
-    Entry("two_tower", "two_tower", {"embedding_dim": 64, "normalize": True, "tower_layers": [128], "dropout": 0.3},
-          _SOFTMAX),
+    Entry("two_tower", "two_tower", {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3},
+          {**_SOFTMAX, "learning_rate": 0.002}),
     # The dense head scores every (user, item) pair of the batch through rho: no extra negatives.
     Entry("two_tower_dense", "two_tower_dense",
           {"embedding_dim": 64, "tower_layers": [128], "head_layers": [64], "dropout": 0.3},

@@ -101,6 +101,7 @@ def test_training_examples_and_feature_state_are_published(run):
         state = FeatureState.from_json(text)
         assert state.user_vocab == sorted(events.user_id.unique().tolist())
         assert state.item_vocab == sorted(events.item_id.unique().tolist())
+        assert state.example_statistics == "leave_one_out"  # the config default, recorded with the tables
 
 
 def test_metrics_table_has_model_beside_popularity(run):
