@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from jobs import synthetic
 from models.kinds import (
     FACTORISED_KINDS,
     KINDS,
@@ -70,6 +71,10 @@ class SyntheticConfig(_Section):
     days: int = Field(120, ge=14)
     end_date: dt.date = dt.date(2024, 6, 30)
     seed: int = 7
+
+    def spec(self) -> synthetic.SyntheticSpec:
+        """The generator's spec of this config."""
+        return synthetic.SyntheticSpec(**self.model_dump())
 
 
 class FeatureDeclConfig(_Section):
