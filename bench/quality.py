@@ -1,6 +1,7 @@
 """Quality benchmark: every model family beside popularity and Spark ALS, on MovieLens.
 
-    .venv/bin/python bench/quality.py [--data ../shared/data/ml-latest-small] [--only mf,deepfm] [--skip-cold]
+    .venv/bin/python bench/quality.py [--data ../shared/data/ml-latest-small] [--only mf,deepfm]
+        [--objective implicit|rating] [--skip-warm] [--skip-cold]
 
 What it runs (all in one process, one SparkSession, seeds fixed):
 
@@ -197,8 +198,8 @@ IMPLICIT = [
     Entry("mf", "mf", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
     Entry("mf_mean", "mf_mean", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
     Entry("linear_rs", "linear_rs", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
-    Entry("two_tower", "two_tower", {"embedding_dim": 64, "normalize": True, "tower_layers": [128], "dropout": 0.3},
-          _SOFTMAX),
+    Entry("two_tower", "two_tower", {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3},
+          {**_SOFTMAX, "learning_rate": 0.002}),
     # The dense head scores every (user, item) pair of the batch through rho: no extra negatives.
     Entry("two_tower_dense", "two_tower_dense",
           {"embedding_dim": 64, "tower_layers": [128], "head_layers": [64], "dropout": 0.3},
@@ -391,6 +392,8 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
     from models.evaluation import RatingHoldout
 
     for objective, entries in (("implicit", IMPLICIT), ("rating", RATING)):
+        if args.objective and objective != args.objective:
+            continue
         for entry in entries:
             if args.only and entry.name not in args.only:
                 continue
@@ -523,6 +526,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "ml-latest-small"))
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     parser.add_argument("--only", default="", help="comma-separated model names (baselines always run)")
+    parser.add_argument("--objective", choices=("implicit", "rating"), default=None,
+                        help="only the named models of this objective (baselines always run)")
     parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--max-epochs", type=int, default=30)

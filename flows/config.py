@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from jobs import synthetic
 from models.kinds import (
     FACTORISED_KINDS,
     KINDS,
@@ -70,6 +71,10 @@ class SyntheticConfig(_Section):
     days: int = Field(120, ge=14)
     end_date: dt.date = dt.date(2024, 6, 30)
     seed: int = 7
+
+    def spec(self) -> synthetic.SyntheticSpec:
+        """The generator's spec of this config."""
+        return synthetic.SyntheticSpec(**self.model_dump())
 
 
 class FeatureDeclConfig(_Section):
@@ -194,6 +199,7 @@ class FeatureConfig(_Section):
     affinity_column: str | None = "genres"
     max_tags_per_item: int = Field(10, ge=1)
     rows_per_partition: int = Field(500_000, ge=1000)
+    example_statistics: Literal["leave_one_out", "point_in_time"] = "leave_one_out"
 
     @field_validator("quantiles")
     @classmethod

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from flows.config import ModelConfig, NightrecConfig, ScoringConfig, load_config, parse_config
 from flows.runtime import spark_for
-from jobs import evaluate, features, ingest, scoring, sources, split, synthetic
+from jobs import evaluate, features, ingest, scoring, sources, split
 from jobs.tables import RunPaths, Warehouse
 
 MODEL_VERSION_FORMAT = "{name}@{ds}"
@@ -66,16 +66,7 @@ def _source_tables(spark, cfg: NightrecConfig) -> sources.SourceTables:
         return sources.load_movielens_latest(spark, src.path)
     if src.kind == "files":
         return sources.load_files(spark, _files_spec(cfg))
-    syn = src.synthetic
-    spec = synthetic.SyntheticSpec(
-        n_users=syn.n_users,
-        n_items=syn.n_items,
-        ratings_per_user=syn.ratings_per_user,
-        days=syn.days,
-        end_date=syn.end_date,
-        seed=syn.seed,
-    )
-    return sources.load_synthetic(spark, spec)
+    return sources.load_synthetic(spark, src.synthetic.spec())
 
 
 def _files_spec(cfg: NightrecConfig) -> sources.FilesSource:
@@ -113,6 +104,7 @@ def _feature_settings(cfg: NightrecConfig) -> features.FeatureSettings:
         affinity_column=f.affinity_column,
         rows_per_partition=f.rows_per_partition,
         seed=cfg.seed,
+        example_statistics=f.example_statistics,
     )
 
 

@@ -8,7 +8,10 @@ compute a statistic differently:
   training examples: an example never sees its own rating, nor any event at
   the same instant);
 * ``total_sufficient``: for every entity, the sufficient statistics of all its
-  events (the scoring-time features at the end of the window).
+  events (the scoring-time features at the end of the window);
+* ``leave_one_out_sufficient``: for every event, the sufficient statistics of
+  all the same entity's events except that one (training examples whose
+  statistics match the scoring-time ones but never contain their own label).
 
 ``statistics`` turns sufficient statistics into the raw features, and
 ``Finalizer`` imputes and standardises them with the values fitted on the
@@ -209,6 +212,39 @@ def prefix_sufficient(
         n_events=instant_start - entity_start,
         first=np.where(has_prior, ts_f[entity_start], np.nan),
         last=np.where(has_prior, ts_f[np.maximum(instant_start - 1, 0)], np.nan),
+        k=len(grid),
+        g=n_genres,
+    )
+
+
+def leave_one_out_sufficient(
+    codes: np.ndarray, ts: np.ndarray, rating: np.ndarray, grid: np.ndarray, mask: np.ndarray, n_genres: int
+) -> Sufficient:
+    """Per event: sufficient statistics of all the same entity's events except the event itself.
+
+    Args: as ``prefix_sufficient`` (events of an entity contiguous, ``ts``
+    ascending within each entity).
+    """
+    n = len(codes)
+    index = np.arange(n)
+    new_entity = np.ones(n, dtype=bool)
+    new_entity[1:] = codes[1:] != codes[:-1]
+    starts = np.flatnonzero(new_entity)
+    sizes = np.diff(np.append(starts, n))
+    start = np.repeat(starts, sizes)
+    end = start + np.repeat(sizes, sizes)             # one past the entity's last event
+    x, all_rated = _event_matrix(rating, grid, mask, n_genres)
+    others = (np.repeat(np.add.reduceat(x, starts, axis=0), sizes, axis=0) - x) if n else x
+    ts_f = ts.astype(np.float64)
+    alone = end - start == 1
+    first = np.where(index == start, ts_f[np.minimum(start + 1, n - 1)], ts_f[start]) if n else ts_f
+    last = np.where(index == end - 1, ts_f[np.maximum(end - 2, 0)], ts_f[end - 1]) if n else ts_f
+    return _sufficient(
+        others,
+        all_rated,
+        n_events=end - start - 1,
+        first=np.where(alone, np.nan, first),
+        last=np.where(alone, np.nan, last),
         k=len(grid),
         g=n_genres,
     )

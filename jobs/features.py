@@ -27,8 +27,14 @@ IterativeImputer) and standardised with training-window statistics.
 Two views of the statistics, computed by the same code (``jobs.feature_stats``):
 
 * feature tables (scoring): statistics of all the entity's events in the window;
-* training examples: statistics of the entity's events strictly before the
-  example's timestamp, so no example can read its own rating.
+* training examples: by default ("leave_one_out") statistics of all the
+  entity's window events except the example's own, counted to the end of the
+  window like the feature tables; or ("point_in_time") of the entity's events
+  strictly before the example's timestamp. Either way no example can read its
+  own rating. Leave-one-out is the default because the models are scored with
+  window-end statistics: trained on point-in-time ones they learn the gap
+  between "as of the event" and "as of the window end" (README, "Training
+  examples").
 """
 
 from __future__ import annotations
@@ -115,6 +121,13 @@ class FeatureSettings:
         rows_per_partition: events per Spark partition in the statistics passes
             (each partition is held in a Python worker's memory).
         seed: seed of the imputer and its sample.
+        example_statistics: how the statistics of a training example are
+            computed. "leave_one_out": from all the entity's training-window
+            events except the example's own, counted to the end of the window
+            (what scoring sees, minus the label); "point_in_time": from the
+            entity's events strictly before the example's timestamp, counted
+            to that timestamp. Both keep an example's own rating out of its
+            features.
     """
 
     min_count: int = 1
@@ -127,6 +140,7 @@ class FeatureSettings:
     affinity_column: str | None = "genres"
     rows_per_partition: int = 500_000
     seed: int = 0
+    example_statistics: Literal["leave_one_out", "point_in_time"] = "leave_one_out"
 
 
 # -- categorical vocabularies ---------------------------------------------------------------
@@ -246,6 +260,8 @@ class FeatureState:
         affinity_column, affinity: the items' column and values of the user genre affinity.
         continuous: "user"/"item" -> continuous columns in model-spec order.
         imputer: "user"/"item" -> fitted IterativeImputer parameters, or None (univariate).
+        example_statistics: how the training examples' statistics are computed
+            ("leave_one_out" or "point_in_time", see ``FeatureSettings``).
     """
 
     user_vocab: list
@@ -262,6 +278,7 @@ class FeatureState:
     affinity: list = dataclasses.field(default_factory=list)
     continuous: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {"user": [], "item": []})
     imputer: dict[str, dict | None] = dataclasses.field(default_factory=lambda: {"user": None, "item": None})
+    example_statistics: str = "leave_one_out"
 
     def side_decls(self, side: str) -> list[FeatureDecl]:
         return [FeatureDecl(**d) for d in self.decls[side]]
@@ -454,6 +471,7 @@ class _SidePass:
         static: the side's static table (``side_static`` as Arrow).
         items: the items' static table (``side_static`` as Arrow, with the affinity masks).
         as_of_us: end of the window in microseconds.
+        example_statistics: "leave_one_out" or "point_in_time" (the examples' statistics).
     """
 
     side: str
@@ -462,6 +480,7 @@ class _SidePass:
     static: pa.Table
     items: pa.Table
     as_of_us: int
+    example_statistics: str = "leave_one_out"
 
     @property
     def key(self) -> str:
@@ -505,12 +524,19 @@ class _SidePass:
             yield pa.RecordBatch.from_arrays([ids] + [_nullable(stats[n]) for n in names], names=[self.key] + names)
 
     def _continuous(self, codes: np.ndarray, ts: np.ndarray, rating: np.ndarray, items: np.ndarray, lo: int, hi: int):
-        """Imputed, scaled continuous columns of events [lo, hi) from the entity's strictly earlier events."""
-        suff = fs.prefix_sufficient(
+        """Imputed, scaled continuous columns of events [lo, hi) (whole entities, sorted by time).
+
+        Statistics of the entity's other events ("leave_one_out", counted to
+        the end of the window) or of its strictly earlier ones ("point_in_time",
+        counted to the event).
+        """
+        point_in_time = self.example_statistics == "point_in_time"
+        sufficient = fs.prefix_sufficient if point_in_time else fs.leave_one_out_sufficient
+        suff = sufficient(
             codes[lo:hi], ts[lo:hi], rating[lo:hi], np.asarray(self.layout.grid), self._masks(items[lo:hi]),
             len(self.layout.affinity),
         )
-        raw = fs.statistics(suff, ts[lo:hi].astype(np.float64), self.layout)
+        raw = fs.statistics(suff, ts[lo:hi].astype(np.float64) if point_in_time else float(self.as_of_us), self.layout)
         declared = [n for n in self.finalizer.names if n in self.static.column_names]
         static = self.static.select(declared).take(pa.array(codes[lo:hi]))
         raw.update({n: _float(static[n]) for n in declared})
@@ -554,8 +580,8 @@ class _SidePass:
 
         Yields:
             Record batches of ``columns``: user_id, item_id, rating (float),
-            ts, the user's static and continuous columns (from the user's
-            events strictly before ts) and the item's (looked up, and unpacked).
+            ts, the user's static and continuous columns (from the user's other events)
+            and the item's (looked up, and unpacked).
         """
         table = _table(batches)
         if table is None:
@@ -622,6 +648,7 @@ def _side_passes(
             static=static,
             items=items,
             as_of_us=state.as_of_us(),
+            example_statistics=state.example_statistics,
         )
         out[side] = (spark.sparkContext.broadcast(side_pass), side_pass)
     return out
@@ -831,6 +858,7 @@ def fit_transform(
         rating_grid=_rating_grid(train, settings.grid_size),
         affinity_column=affinity_decl.column if affinity_decl else None,
         affinity=affinity,
+        example_statistics=settings.example_statistics,
     )
     step("fit vocabularies, rating grid")
     partitions = _n_partitions(spark, n_train, settings.rows_per_partition)
@@ -951,10 +979,11 @@ def training_examples(
     """One leakage-safe example per training event.
 
     ``train`` must be the events ``state`` was fitted on. Every statistic of
-    an example is computed from the user's (item's) events strictly before
-    the example's timestamp, then imputed and scaled with the state's
-    training-window values; the static columns are the same as in the
-    feature tables.
+    an example is computed from the user's (item's) other events
+    (``state.example_statistics``: all of the window's but the example's
+    own, or those strictly before its timestamp), then imputed and scaled
+    with the state's training-window values; the static columns are the same
+    as in the feature tables.
 
     Returns:
         DataFrame[user_id, item_id, rating: float, ts, the user columns of

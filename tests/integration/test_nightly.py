@@ -1,6 +1,5 @@
 """The whole nightly flow on a tiny synthetic dataset, checked against the table contract."""
 
-import datetime as dt
 import json
 import os
 
@@ -36,11 +35,9 @@ def run(spark, prefect_server, tmp_path_factory):
 
 
 def _events_through_ds():
-    syn = TINY["source"]["synthetic"]
-    spec = synthetic.SyntheticSpec(
-        n_users=syn["n_users"], n_items=syn["n_items"], ratings_per_user=syn["ratings_per_user"],
-        days=syn["days"], end_date=dt.date.fromisoformat(syn["end_date"]), seed=syn["seed"],
-    )
+    from flows.config import SyntheticConfig
+
+    spec = SyntheticConfig(**TINY["source"]["synthetic"]).spec()
     ratings = synthetic.synthetic_ratings(synthetic.make_world(spec))
     return ratings[ratings.ts < pd.Timestamp("2024-04-01", tz="UTC")]
 
@@ -101,6 +98,7 @@ def test_training_examples_and_feature_state_are_published(run):
         state = FeatureState.from_json(text)
         assert state.user_vocab == sorted(events.user_id.unique().tolist())
         assert state.item_vocab == sorted(events.item_id.unique().tolist())
+        assert state.example_statistics == "leave_one_out"  # the config default, recorded with the tables
 
 
 def test_metrics_table_has_model_beside_popularity(run):
@@ -147,11 +145,22 @@ MULTI = {
 
 @pytest.fixture(scope="module")
 def multi_run(spark, prefect_server, tmp_path_factory):
-    from flows.nightly import nightly
+    """The multi-model run goes through the command line (``nightrec nightly --config F --json``)."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from flows import cli
 
     warehouse = tmp_path_factory.mktemp("warehouse_multi")
-    summary = nightly(ds=DS, config={**MULTI, "warehouse": str(warehouse)})
-    return warehouse, summary
+    config_file = warehouse.parent / "multi.yaml"
+    config_file.write_text(yaml.safe_dump({**MULTI, "warehouse": str(warehouse)}))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["nightly", "--ds", DS, "--config", str(config_file), "--json"])
+    assert code == 0
+    return warehouse, json.loads(out.getvalue())
 
 
 def test_several_models_are_trained_evaluated_and_published(multi_run):

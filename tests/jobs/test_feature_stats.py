@@ -27,6 +27,24 @@ def test_prefix_statistics_exclude_the_event_and_its_instant():
     np.testing.assert_allclose(stats["user_days_since_last"], [np.nan, 1.0, 1.0, 2.0, np.nan])
 
 
+def test_leave_one_out_statistics_drop_only_the_event_itself():
+    # the same events: entity 0 rates 4 @ day 0, 2 @ day 1, 5 @ day 1, 3 @ day 3; entity 1 has one event
+    codes = np.array([0, 0, 0, 0, 1])
+    ts = np.array([0, DAY, DAY, 3 * DAY, 0])
+    rating = np.array([4.0, 2.0, 5.0, 3.0, 1.0])
+    layout = fs.StatLayout("user", (0.5,), tuple(GRID))
+    suff = fs.leave_one_out_sufficient(codes, ts, rating, GRID, np.zeros(5, dtype=np.int64), 0)
+    stats = fs.statistics(suff, 4.0 * DAY, layout)
+    assert list(stats["user_rating_count"]) == [3, 3, 3, 3, 0]
+    np.testing.assert_allclose(stats["user_rating_mean"], [10 / 3, 4.0, 3.0, 11 / 3, np.nan])
+    np.testing.assert_allclose(stats["user_rating_std"][0], np.std([2.0, 5.0, 3.0]))
+    # others' sorted ratings: [2,3,5] [3,4,5] [2,3,4] [2,4,5] -> medians (p50: 2nd of 3)
+    np.testing.assert_allclose(stats["user_rating_p50"], [3.0, 4.0, 3.0, 4.0, np.nan])
+    # first/last of the others, counted to day 4
+    np.testing.assert_allclose(stats["user_days_since_first"], [3.0, 4.0, 4.0, 4.0, np.nan])
+    np.testing.assert_allclose(stats["user_days_since_last"], [1.0, 1.0, 1.0, 3.0, np.nan])
+
+
 def test_totals_and_genre_affinity():
     # items: bit 0 = Action, bit 1 = Drama; the user rates Action 4, Action+Drama 2, Drama (no rating)
     codes = np.array([3, 3, 3])

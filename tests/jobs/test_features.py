@@ -1,5 +1,6 @@
 """Feature statistics against a plain Python/pandas reference written independently here."""
 
+import dataclasses
 import datetime as dt
 import math
 from fractions import Fraction
@@ -60,12 +61,15 @@ def fitted(spark):
         train, users, items, user_decls=USER_DECLS, item_decls=ITEM_DECLS, as_of=AS_OF,
         settings=features.FeatureSettings(quantiles=QUANTILES),
     )
-    examples = features.training_examples(train, users, items, out.state).toPandas()
+    assert out.state.example_statistics == "leave_one_out"  # the default
+    point_in_time = dataclasses.replace(out.state, example_statistics="point_in_time")
     return {
         "state": out.state,
         "users": out.user_features.toPandas().set_index("user_id"),
         "items": out.item_features.toPandas().set_index("item_id"),
-        "examples": examples,
+        "examples": features.training_examples(train, users, items, point_in_time).toPandas(),
+        "examples_loo": features.training_examples(train, users, items, out.state).toPandas(),
+        "point_in_time_state": point_in_time,
         "tables": (train, users, items),
     }
 
@@ -201,8 +205,20 @@ def test_new_state_applies_to_later_events_and_new_categories(spark, fitted):
 
 
 # -- leakage-safe examples ------------------------------------------------------------------------------------
-def test_examples_use_only_events_strictly_before_their_timestamp(fitted):
-    examples = fitted["examples"]
+def _others(events, key, ex, ts, mode):
+    """The entity's events an example may read: strictly earlier ones, or all but the example's own row."""
+    mine = events[events[key] == getattr(ex, key)]
+    if mode == "point_in_time":
+        return mine[mine.ts < ts], ts
+    own = mine[(mine.user_id == ex.user_id) & (mine.item_id == ex.item_id) & (mine.ts == ts)
+               & ((mine.rating == ex.rating) | (mine.rating.isna() & np.isnan(ex.rating)))]
+    return mine.drop(index=own.index[:1]), AS_OF
+
+
+@pytest.mark.parametrize("mode", ["point_in_time", "leave_one_out"])
+def test_example_statistics_match_the_reference(fitted, mode):
+    """point_in_time: events strictly before the example, counted to it; leave_one_out: all others, to AS_OF."""
+    examples = fitted["examples" if mode == "point_in_time" else "examples_loo"]
     assert len(examples) == len(_events())
     events = pd.DataFrame(_events(), columns=["user_id", "item_id", "rating", "ts"])
     raw_users = ref_entity_stats("user", AFFINITY)
@@ -216,21 +232,22 @@ def test_examples_use_only_events_strictly_before_their_timestamp(fitted):
             ("user", "user_id", AFFINITY, {"user_age": 20 + 5 * ex.user_id if ex.user_id < 99 else math.nan}),
             ("item", "item_id", (), {"item_year": YEARS[ex.item_id] if YEARS[ex.item_id] else math.nan}),
         ):
-            mine = events[(events[key] == getattr(ex, key)) & (events.ts < ts)]
+            mine, ref_time = _others(events, key, ex, ts, mode)
             prior = [(i, None if pd.isna(r) else r, t) for i, r, t in zip(mine.item_id, mine.rating, mine.ts)]
-            expected = {**ref_stats(prior, ts, side, affinity), **static}
+            expected = {**ref_stats(prior, ref_time, side, affinity), **static}
             for name, value in expected.items():
                 assert getattr(ex, name) == pytest.approx(ref_scale(name, value, scalers), rel=1e-4, abs=1e-5), (
                     ex.user_id, ex.item_id, ts, name)
 
 
-def test_a_users_only_rating_never_appears_in_its_own_example(fitted):
+@pytest.mark.parametrize("examples", ["examples", "examples_loo"])
+def test_a_users_only_rating_never_appears_in_its_own_example(fitted, examples):
     state = fitted["state"]
-    (example,) = fitted["examples"][fitted["examples"].user_id == 99].itertuples()
+    (example,) = fitted[examples][fitted[examples].user_id == 99].itertuples()
     mean = state.scalers["user_rating_mean"]
     own_rating_scaled = (5.0 - mean["mean"]) / mean["std"]
     assert example.rating == 5.0
-    assert example.user_rating_mean == pytest.approx(0.0, abs=1e-6)  # imputed: no earlier rating
+    assert example.user_rating_mean == pytest.approx(0.0, abs=1e-6)  # imputed: no other rating
     assert abs(example.user_rating_mean - own_rating_scaled) > 0.1
     count = state.scalers["user_rating_count"]
     assert example.user_rating_count == pytest.approx((0.0 - count["mean"]) / count["std"], rel=1e-5)
@@ -255,7 +272,7 @@ def test_examples_carry_the_static_columns_of_the_feature_tables(fitted):
 def test_fast_parquet_writer_writes_the_same_examples(spark, fitted, tmp_path):
     train, users, items = fitted["tables"]
     path = tmp_path / "examples"
-    rows = features.write_training_examples(train, users, items, fitted["state"], str(path))
+    rows = features.write_training_examples(train, users, items, fitted["point_in_time_state"], str(path))
     written = pd.read_parquet(path)
     assert rows == len(written) == len(fitted["examples"])
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith("part-")) == []
