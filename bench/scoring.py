@@ -11,11 +11,9 @@
     rank, written to Parquet the same way.
 (c) the floor: a single-process NumPy float32 matrix product of the same
     size (all cores, no selection, nothing written).
-(d) the decomposed non-factorised head (``jobs.decomposed``, DeepFM-shaped)
-    at a smaller size.
-(e) the top-K selection alone on one [256, items] score block, one thread:
+(d) the top-K selection alone on one [256, items] score block, one thread:
     nightrec's two-level selection beside np.argpartition and tf.math.top_k.
-(f) the real Keras DeepFM of ``models/`` (random weights; user id, gender,
+(e) the real Keras DeepFM of ``models/`` (random weights; user id, gender,
     occupation, age; item id, genres, year) scored exhaustively the way the
     nightly run scores it (``models.topk.recommend``: each side's parts
     once, then only the pair part per pair), beside calling the plain model
@@ -44,10 +42,10 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # (e) imports TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # (d) imports TensorFlow
 
 from bench.proc_cpu import tree_cpu_seconds  # noqa: E402
-from jobs import decomposed, scoring  # noqa: E402
+from jobs import scoring  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
 SEEN_PER_USER = 20
@@ -133,24 +131,6 @@ def floor_matmul(users: np.ndarray, items: np.ndarray, block: int = 4096) -> Non
         np.matmul(part, items_t, out=out[: part.shape[0]])
 
 
-def deepfm_like_head(rng: np.random.Generator, fm_dim: int, hidden: tuple[int, ...]) -> decomposed.PairHead:
-    """Random weights of a DeepFM-shaped pair head (FM dot of width fm_dim, deep MLP ``hidden``)."""
-    layers = [
-        (rng.standard_normal((a, b)).astype(np.float32) / np.sqrt(a), rng.standard_normal(b).astype(np.float32) * 0.1)
-        for a, b in zip(hidden[:-1], hidden[1:])
-    ]
-    out_w = rng.standard_normal(hidden[-1]).astype(np.float32) / np.sqrt(hidden[-1])
-    return decomposed.PairHead(layers=layers, out_w=out_w, out_b=0.0)
-
-
-def deepfm_parts(rng: np.random.Generator, n: int, fm_dim: int, first: int) -> decomposed.Parts:
-    return decomposed.Parts(
-        bias=rng.standard_normal(n).astype(np.float32),
-        dot=rng.standard_normal((n, fm_dim)).astype(np.float32),
-        hidden=rng.standard_normal((n, first)).astype(np.float32),
-    )
-
-
 def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, repeats: int) -> str:
     """ns per score of three exact top-k selections on one [256, n_items] block, one thread."""
     import tensorflow as tf
@@ -160,7 +140,7 @@ def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, 
     tf_name = "tf.math.top_k"
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
-    except RuntimeError:  # (f) started TensorFlow already, with its own thread pool
+    except RuntimeError:  # (e) started TensorFlow already, with its own thread pool
         tf_name = "tf.math.top_k (TF's thread pool, all cores)"
     rows = 256
     width = topk.padded_width(n_items)
@@ -181,7 +161,7 @@ def selection_figures(rng: np.random.Generator, n_items: int, dim: int, k: int, 
 
 
 def keras_deepfm_figures(n_users: int, n_items: int, k: int, repeats: int) -> str:
-    """(f): ns/pair of the real DeepFM, decomposed exhaustive top-k vs the plain model on aligned pairs."""
+    """(e): ns/pair of the real DeepFM, decomposed exhaustive top-k vs the plain model on aligned pairs."""
     import tensorflow as tf
 
     from models.catalogue import SideTable
@@ -229,7 +209,8 @@ def keras_deepfm_figures(n_users: int, n_items: int, k: int, repeats: int) -> st
 
     slow, _, _ = timed(plain, repeats)
     fast_ns, slow_ns = fast / (n_users * n_items) * 1e9, slow / (sliced * n_items) * 1e9
-    return (f"{fast_ns:.1f} ns/pair decomposed with top-{k} (U={n_users:,} I={n_items:,}); plain model on every "
+    return (f"{model.pair_flops():,} FLOPs/pair in the pair part; "
+            f"{fast_ns:.1f} ns/pair decomposed with top-{k} (U={n_users:,} I={n_items:,}); plain model on every "
             f"(user, item) row, no selection: {slow_ns:.1f} ns/pair ({sliced:,} users); {slow_ns / fast_ns:.1f}x")
 
 
@@ -297,18 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         c_ns = c / pairs * 1e9
         print(f"floor     NumPy float32 matmul, one process, all cores, no selection: {c_ns:.2f} ns/pair ({c:.2f} s; {c_cpu / pairs * 1e9:.2f} CPU-ns/pair)")
 
-        fm_dim, hidden = 16, (64, 32)
-        head = deepfm_like_head(rng, fm_dim, hidden)
         du, di = args.deepfm_users, args.deepfm_items
-        user_parts, item_parts = deepfm_parts(rng, du, fm_dim, hidden[0]), deepfm_parts(rng, di, fm_dim, hidden[0])
-        no_seen = (np.zeros(du + 1, np.int64), np.zeros(0, np.int64))
-        with threadpool_limits(limits=1, user_api="blas"):
-            dfm, _, _ = timed(lambda: decomposed.exhaustive_top_k(user_parts, item_parts, head, k, *no_seen),
-                           args.repeats)
-        print(f"deepfm    decomposed exhaustive top-{k}, DeepFM-shaped head (FM dot {fm_dim}, deep {list(hidden)} -> 1; "
-              f"{head.flops_per_pair(fm_dim):,} FLOPs/pair), U={du:,} I={di:,}, one process, one core: "
-              f"{dfm / (du * di) * 1e9:.1f} ns/pair")
-
         print(f"deepfm    the Keras DeepFM of models/ (embedding 16, deep [64, 32]), all cores: "
               f"{keras_deepfm_figures(du, di, k, args.repeats)}")
 

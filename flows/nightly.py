@@ -499,14 +499,14 @@ def _scoring_inputs(model_cfg: ModelConfig, embeddings_by_model: dict[str, dict]
 
 def _recommend_with(cfg: NightrecConfig, paths: RunPaths, window: str, trained: dict[str, Any],
                     embeddings: dict[str, Any], seen_events: DataFrame, users: DataFrame, k: int) -> DataFrame:
-    """Top-K of a trained model for ``users``: a factorised model from its embeddings in Spark
-    (``_recommend``), any other model block by block in this process (``_recommend_in_process``),
-    in two stages when ``embeddings`` has a "retriever"."""
+    """Top-K of a trained model for ``users`` in Spark: a factorised model from its embeddings
+    (``_recommend``), any other model from its saved file (``_recommend_with_model``), in two
+    stages when ``embeddings`` has a "retriever"."""
     spark = spark_for(cfg)
     if trained["factorised"]:
         return _recommend(spark, embeddings, seen_events, users, paths.work(window, "user_features"), k,
                           settings=cfg.scoring)
-    return _recommend_in_process(spark, paths, window, trained, seen_events, users, k, settings=cfg.scoring,
+    return _recommend_with_model(spark, paths, window, trained, seen_events, users, k, settings=cfg.scoring,
                                  retriever=embeddings.get("retriever"), candidates=embeddings.get("candidates"))
 
 
@@ -536,50 +536,58 @@ def _recommend(spark, embeddings: dict[str, str], seen_events: DataFrame, users:
     return model_recs.unionByName(pop)
 
 
-def _recommend_in_process(spark, paths: RunPaths, window: str, trained: dict[str, Any], seen_events: DataFrame,
+def _recommend_with_model(spark, paths: RunPaths, window: str, trained: dict[str, Any], seen_events: DataFrame,
                           users: DataFrame, k: int, *, settings: ScoringConfig | None = None,
                           retriever: dict[str, str] | None = None, candidates: int | None = None) -> DataFrame:
-    """Top-K of a non-factorised model, scored in this process.
+    """Top-K of a non-factorised model, in Spark.
 
-    Exhaustively (``models.topk.recommend``), or with a ``retriever`` (the
+    Each Python worker loads the saved model once and computes the item
+    parts of the whole catalogue once (``models.topk.catalogue_scorer``);
+    every task then scores its users ``scoring.block_rows`` at a time
+    (``models.topk.ArrowBatchScorer``: each user's parts once, only the pair
+    part per (user, item)), exhaustively, or with a ``retriever`` (the
     embedding tables of a factorised model) in two stages: the retriever's
-    ``candidates`` best unseen items per user, ranked by the model
-    (``models.topk.recommend_two_stage``). Users are routed as in
-    ``_recommend`` (``scoring.assign_sources``): the model scores the "model"
-    and "features" users, popularity the rest.
+    ``candidates`` best unseen items per user, ranked by the model. Users are
+    routed as in ``_recommend`` (``scoring.assign_sources``): the model
+    scores the "model" and "features" users, popularity the rest.
+
+    Returns:
+        DataFrame[user_id, rank, item_id, score, source].
     """
-    import pyarrow.parquet as pq
+    from models.data import side_columns
+    from models.topk import ArrowBatchScorer, catalogue_scorer
+    from models.train import MODEL_FILE
 
-    from models.catalogue import SideTable, read_side_table
-    from models.topk import recommend, recommend_two_stage
-    from models.train import MODEL_FILE, load_model
-
-    model = load_model(os.path.join(trained["model_dir"], MODEL_FILE))
+    settings = settings or ScoringConfig()
+    model_path = os.path.abspath(os.path.join(trained["model_dir"], MODEL_FILE))
     user_features_path = paths.work(window, "user_features")
+    item_features_path = paths.work(window, "item_features")
     state = features.FeatureState.from_json(
         Warehouse(spark, paths.root).read_text(paths.work(window, "feature_state.json")))
-    sources = scoring.assign_sources(users, spark.read.parquet(user_features_path), state).cache()
+    user_inputs = list(side_columns(state.model_spec()["user"]))
+    user_features = spark.read.parquet(user_features_path)
+    sources = scoring.assign_sources(users, user_features, state)
     by_model = sources.where(F.col("source") != "popularity")
-    catalogue = read_side_table(paths.work(window, "item_features"), model.spec["item"], "item_id")
-    every_user = read_side_table(user_features_path, model.spec["user"], "user_id")
-    positions = every_user.positions(by_model.select("user_id").toArrow().column(0).combine_chunks())
-    rows = np.sort(positions[positions >= 0])
-    chosen = SideTable(ids=every_user.ids.take(pa.array(rows)), columns=every_user.take(rows))
-    seen_df = scoring.seen_positions(seen_events, scoring.catalogue_frame(spark, catalogue.ids)).toArrow()
-    seen_at = dict(zip(seen_df.column("user_id").to_pylist(), seen_df.column("seen_pos").to_pylist()))
-    seen = [np.asarray(seen_at.get(u) or [], dtype=np.int64) for u in chosen.ids.to_pylist()]
-    out = paths.work(window, "in_process_recommendations", trained["name"])
-    os.makedirs(out, exist_ok=True)
-    if retriever is None:
-        recs = recommend(model, chosen, catalogue, seen, k)
-    else:
-        user_vectors = _vectors_for(spark, retriever["user"], "user_id", chosen.ids)
-        item_vectors = _vectors_for(spark, retriever["item"], "item_id", catalogue.ids)
-        recs = recommend_two_stage(model, chosen, catalogue, seen, k, user_vectors, item_vectors, candidates)
-    pq.write_table(recs, os.path.join(out, "part-0.parquet"))
-    model_recs = spark.read.parquet(out).join(by_model, on="user_id").select(*scoring.RECOMMENDATION_COLUMNS)
+    item_ids = _catalogue_ids(paths, window)
+    seen = scoring.seen_positions(seen_events, scoring.catalogue_frame(spark, item_ids))
+    rows = by_model.join(user_features.select("user_id", *user_inputs), on="user_id").join(seen, on="user_id",
+                                                                                           how="left")
+    item_vectors = None
+    if retriever is not None:
+        rows = rows.join(scoring.read_embeddings(spark, retriever["user"], "user_id"), on="user_id", how="left")
+        item_vectors = _vectors_for(spark, retriever["item"], "item_id", item_ids)
+    cache_key = f"catalogue-scorer:{model_path}@{os.path.getmtime(model_path)}:{os.path.abspath(item_features_path)}"
+    build_catalogue = functools.partial(catalogue_scorer, model_path, item_features_path)
+    block_rows = settings.block_rows
+
+    def build_scorer(payload, lo: int) -> ArrowBatchScorer:
+        return ArrowBatchScorer(scoring.worker_cached(cache_key, build_catalogue), k, block_rows=block_rows,
+                                item_vectors=payload, candidates=candidates)
+
+    model_recs = scoring.score_in_spark(rows, item_ids, [(0, item_vectors)], build_scorer, k=k,
+                                        partitions=2 * spark.sparkContext.defaultParallelism)
     rest = sources.where(F.col("source") == "popularity").select("user_id")
-    pop = _popularity_recs(spark, seen_events, rest, catalogue.ids, k, settings=settings)
+    pop = _popularity_recs(spark, seen_events, rest, item_ids, k, settings=settings)
     return model_recs.unionByName(pop)
 
 

@@ -99,6 +99,11 @@ class RecommenderModel(keras.Model):
         """Combine user and item parts into scores (see the module docstring for layouts)."""
         raise TypeError(f"{type(self).__name__} does not define pair_scores")
 
+    def pair_flops(self) -> int:
+        """Floating-point operations of ``pair_scores`` per (user, item) pair, the work that exhaustive
+        scoring repeats for every pair (a multiply-add counts 2; an add, a bias or a ReLU 1)."""
+        raise TypeError(f"{type(self).__name__} does not define pair_flops")
+
     # -- shared behaviour -------------------------------------------------------------------
     def build(self, input_shape=None):
         """Create every weight by scoring one all-zero row of every input column of the spec."""

@@ -76,6 +76,11 @@ def _to_numpy(column: pa.ChunkedArray | pa.Array, pad_len: int) -> np.ndarray:
     return out
 
 
+def arrow_columns(batch: pa.RecordBatch | pa.Table, columns: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The model inputs of an Arrow batch: column -> [rows] or [rows, padded length] (``to_feed`` dtypes)."""
+    return to_feed({n: _to_numpy(batch.column(n), pad) for n, pad in columns.items()})
+
+
 def iter_batches(
     files: list[str],
     columns: Mapping[str, int],

@@ -27,7 +27,8 @@ import keras
 from keras import ops
 
 from models.base import RecommenderModel, add_sides, dot
-from models.layers import MLP, CrossedWeights, FieldVectors, LinearSide, SplitDense, side_field_names
+from models.layers import (MLP, CrossedWeights, FieldVectors, LinearSide, SplitDense, side_field_names,
+                           split_mlp_flops)
 
 
 def default_crosses(spec) -> list[list[str]]:
@@ -156,6 +157,17 @@ class DeepFMModel(RecommenderModel):
             score = score + self.cross_weights(ua, ib, cross_id=n, user_vocab=self._vocab("user", a),
                                                item_vocab=self._vocab("item", b))
         return score
+
+    def pair_flops(self) -> int:
+        """first-order sides + global bias: 2; FM: both self-interactions 2 + the dot of the field sums 2k;
+        deep: ``split_mlp_flops`` + 1 to add it; Wide & Deep crosses: a hashed weight look-up and an add
+        per crossed index pair (counted as 2 per cross of single-valued fields)."""
+        flops = 2
+        if self.fm:
+            flops += 2 + 2 * self.embedding_dim
+        if self.deep:
+            flops += split_mlp_flops(self.deep_first, self.deep_rest) + 1
+        return flops + 2 * len(self.crosses)
 
     def user_embedding(self, inputs):
         """FM only: [S_u, 1, w0 + first_u + fm_self_u] ([n, k + 2])."""

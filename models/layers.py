@@ -326,6 +326,22 @@ class SplitDense(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="nightrec")
+def split_mlp_flops(first: SplitDense, rest: "MLP") -> int:
+    """Per-pair FLOPs of ``rest(first.combine(user_half, item_half))`` with the halves given.
+
+    Adding the halves and the activation: 2 per unit of ``first``; each later
+    dense layer a -> b: 2ab (multiply-adds) + b (bias) + b (ReLU); a linear
+    output a -> o: 2ao + o.
+    """
+    flops, width = 2 * first.units, first.units
+    for units in rest.hidden:
+        flops += 2 * width * units + 2 * units
+        width = units
+    if rest.output_dim is not None:
+        flops += 2 * width * rest.output_dim + rest.output_dim
+    return flops
+
+
 class MLP(keras.layers.Layer):
     """Dense ReLU layers, optionally with dropout, then an optional linear output.
 

@@ -21,7 +21,7 @@ import keras
 from keras import ops
 
 from models.base import RecommenderModel, dot
-from models.layers import MLP, SideEmbedding, SplitDense
+from models.layers import MLP, SideEmbedding, SplitDense, split_mlp_flops
 
 
 @keras.saving.register_keras_serializable(package="nightrec")
@@ -109,6 +109,22 @@ class NCFModel(RecommenderModel):
             term = (self.phi(hidden) if self.gmf else hidden)[..., 0]
             score = term if score is None else score + term
         return score
+
+    def pair_flops(self) -> int:
+        """GMF / ANCF dot: 2k (+ 1 for the global bias of GMF); MLP: ``split_mlp_flops``, then for NeuMF
+        phi's 2 per unit of the last layer, and 1 to add it to the GMF term."""
+        flops = 0
+        if self.gmf or self.additive:
+            flops += 2 * self.embedding_dim
+        if self.gmf:
+            flops += 1
+        if self.mlp:
+            flops += split_mlp_flops(self.mlp_first, self.mlp_rest)
+            if self.gmf:
+                flops += 2 * self.mlp_layers[-1]
+            if self.gmf or self.additive:
+                flops += 1
+        return flops
 
     def user_embedding(self, inputs):
         """GMF only: [p_u * h, 1] ([n, k + 1])."""

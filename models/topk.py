@@ -18,6 +18,10 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
+from models.catalogue import read_side_table
+from models.data import arrow_columns, side_columns
+from models.registry import load_model
+
 
 def _rows(columns: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
     return {n: a[start:stop] for n, a in columns.items()}
@@ -98,6 +102,7 @@ def top_k_blocks(
     *,
     user_block: int = 512,
     item_block: int = 4096,
+    scorer: BlockScorer | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Top-``k`` unseen catalogue positions of every user row, one block of users at a time.
 
@@ -107,12 +112,14 @@ def top_k_blocks(
         item_columns: the catalogue's model inputs, in catalogue order.
         seen: per user row, catalogue positions to exclude.
         k: items per user.
+        scorer: a ``BlockScorer`` of ``model`` already holding the catalogue's
+            item parts (``item_columns`` is then not read).
 
     Yields:
         (first user row of the block, positions [b, k'] int64, scores [b, k'] float32),
         k' = min(k, n_items); a position is -1 where fewer than k' items were unseen.
     """
-    scorer = BlockScorer(model, item_columns, item_block=item_block)
+    scorer = scorer or BlockScorer(model, item_columns, item_block=item_block)
     n_users = len(seen)
     kk = min(int(k), scorer.n_items)
     for start in range(0, n_users, user_block):
@@ -165,6 +172,7 @@ def two_stage_blocks(
     *,
     user_block: int = 512,
     item_block: int = 4096,
+    scorer: BlockScorer | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Two-stage top-``k``: a factorised retriever's ``candidates`` best unseen items, ordered by ``model``.
 
@@ -176,11 +184,12 @@ def two_stage_blocks(
     Args:
         user_vectors: [n_users, d] retriever embeddings, rows aligned with ``user_columns``.
         item_vectors: [n_items, d] retriever embeddings in catalogue order.
+        scorer: as in ``top_k_blocks``.
 
     Yields:
         As ``top_k_blocks``: (first user row, positions [b, k'], scores [b, k']), -1 where none is left.
     """
-    scorer = BlockScorer(model, item_columns, item_block=item_block)
+    scorer = scorer or BlockScorer(model, item_columns, item_block=item_block)
     n_items = scorer.n_items
     if item_vectors.shape[0] != n_items or user_vectors.shape[0] != len(seen):
         raise ValueError(f"two-stage scoring: {item_vectors.shape[0]} item vectors for {n_items} catalogue items, "
@@ -239,3 +248,84 @@ def _recommendation_table(users, catalogue, blocks) -> pa.Table:
         return pa.table({"user_id": users.ids.slice(0, 0), "rank": pa.array([], pa.int32()),
                          "item_id": catalogue.ids.slice(0, 0), "score": pa.array([], pa.float32())})
     return pa.concat_tables(parts)
+
+
+def _seen_lists(column: pa.Array) -> list[np.ndarray]:
+    """A nullable list<int> column of catalogue positions -> one int64 array per row (null = none)."""
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+class ArrowBatchScorer:
+    """Top-K of Arrow batches of users under a loaded model, for any model (non-factorised included).
+
+    The per-task scorer of ``jobs.scoring.score_in_spark``: the model and its
+    catalogue's item parts (``scorer``) are built once per Python worker;
+    each batch of users is scored against every item block, seen items
+    masked before the selection.
+
+    Args:
+        scorer: a ``BlockScorer`` of the model over the whole catalogue (catalogue order = ascending item id).
+        k: recommendations per user.
+        block_rows: users per ``top_k_batch`` call (bounds the [users, items, hidden] work memory
+            with ``scorer.item_block``).
+        item_vectors: two-stage scoring: [n_items, d] retriever embeddings in catalogue order
+            (the batches then carry each user's retriever vector in ``embedding``); None = exhaustive.
+        candidates: two-stage: the retriever's candidates per user.
+    """
+
+    def __init__(self, scorer: BlockScorer, k: int, *, block_rows: int = 512,
+                 item_vectors: np.ndarray | None = None, candidates: int | None = None):
+        self.scorer, self.k, self.block_rows = scorer, int(k), int(block_rows)
+        self.item_vectors, self.candidates = item_vectors, candidates
+        self.user_inputs = side_columns(scorer.model.spec["user"])
+
+    def top_k_batch(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k of one batch [user_id, the user tower's inputs, seen_pos: list<int> (nullable), embedding?].
+
+        Returns:
+            (rows [r], catalogue positions [r], scores [r]) ordered by row then rank;
+            a row has min(k, its unseen items) entries.
+        """
+        missing = [name for name in self.user_inputs if name not in batch.schema.names]
+        if missing:
+            raise ValueError(f"scoring batch: the model's user inputs {missing} are missing "
+                             f"(the batch has {batch.schema.names})")
+        users = arrow_columns(batch, self.user_inputs)
+        seen = _seen_lists(batch.column("seen_pos"))
+        if self.item_vectors is None:
+            blocks = top_k_blocks(self.scorer.model, users, {}, seen, self.k, user_block=self.block_rows,
+                                  scorer=self.scorer)
+        else:
+            dim = self.item_vectors.shape[1]
+            if batch.column("embedding").null_count:
+                user = batch.column("user_id").filter(batch.column("embedding").is_null())[0].as_py()
+                raise ValueError(f"two-stage scoring: user {user!r} has no row in the retriever's user embeddings")
+            vectors = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+            user_vectors = np.asarray(vectors, np.float32).reshape(batch.num_rows, dim)
+            blocks = two_stage_blocks(self.scorer.model, users, {}, seen, self.k, user_vectors, self.item_vectors,
+                                      self.candidates, user_block=self.block_rows, scorer=self.scorer)
+        found = []
+        for start, positions, values in blocks:
+            rows, ranks = np.nonzero(positions >= 0)
+            found.append((start + rows, positions[rows, ranks], values[rows, ranks]))
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        rows, positions, values = (np.concatenate(part) for part in zip(*found))
+        return rows.astype(np.int64), positions.astype(np.int64), values.astype(np.float32)
+
+
+def catalogue_scorer(model_path: str, item_features_path: str, *, item_block: int = 4096) -> BlockScorer:
+    """Load a saved model and compute its item parts over a catalogue (once per Spark worker).
+
+    Args:
+        model_path: the ``.keras`` file.
+        item_features_path: the item feature table (Parquet) the catalogue is read from, sorted by item id.
+
+    Returns:
+        ``BlockScorer`` whose catalogue position p is the p-th smallest item id of the table.
+    """
+    model = load_model(model_path)
+    catalogue = read_side_table(item_features_path, model.spec["item"], "item_id")
+    return BlockScorer(model, catalogue.columns, item_block=item_block)

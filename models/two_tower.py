@@ -22,7 +22,7 @@ import keras
 from keras import ops
 
 from models.base import RecommenderModel, add_sides, dot
-from models.layers import MLP, LinearSide, SideEmbedding, SplitDense
+from models.layers import MLP, LinearSide, SideEmbedding, SplitDense, split_mlp_flops
 
 TOWER_MODES = ("id", "linear", "mlp")
 HEADS = ("dot", "dense")
@@ -192,6 +192,12 @@ class TwoTowerModel(RecommenderModel):
         if self.biases:
             score = score + add_sides(user["bias"], item["bias"], cross=cross)
         return score
+
+    def pair_flops(self) -> int:
+        """Dot head: 2d (+ 2 for the biases); dense head: ``split_mlp_flops`` of rho."""
+        if self.head == "dense":
+            return split_mlp_flops(self.rho_first, self.rho_rest)
+        return 2 * self.user_tower.output_dim + (2 if self.biases else 0)
 
     def user_embedding(self, inputs):
         """[n, d] (or [n, d + 2] with biases: [psi(u), a_u + mu, 1])."""

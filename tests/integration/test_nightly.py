@@ -183,7 +183,7 @@ def test_several_models_are_trained_evaluated_and_published(multi_run):
     for folder in (ratings_dir, dfm_dir):
         assert (folder / "model.keras").exists() and (folder / "feature_state.json").exists()
     assert (ratings_dir / "user_embeddings.parquet").exists()          # factorised: embedding tables
-    assert not (dfm_dir / "user_embeddings.parquet").exists()          # DeepFM: scored in process
+    assert not (dfm_dir / "user_embeddings.parquet").exists()          # DeepFM: scored from the saved model
 
     # The published DeepFM scores are the model's own scores of those (user, item) pairs.
     model = load_model(str(dfm_dir / "model.keras"))

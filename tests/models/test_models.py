@@ -224,3 +224,18 @@ def test_factorised_kinds_are_the_models_that_say_so():
 
     factorised = {kind for kind in KINDS if build_model(kind, SPEC, **_params(kind)).factorised}
     assert factorised == FACTORISED_KINDS
+
+
+@pytest.mark.parametrize("kind, params, flops", [
+    # first-order 2; FM 2 + 2*4; deep: halves + ReLU 2*8, 8 -> 4: 2*8*4 + 4 + 4, output 4 -> 1: 2*4 + 1, add 1
+    ("deepfm", {"embedding_dim": 4, "deep_layers": [8, 4]}, 2 + 10 + (16 + 72 + 9 + 1)),
+    ("fm", {"embedding_dim": 4}, 2 + 10),
+    # GMF dot 2*4 + bias 1; MLP: 16 + 72 (no output layer); phi 2*4; add 1
+    ("neumf", {"embedding_dim": 4, "mlp_layers": [8, 4]}, 9 + 88 + 8 + 1),
+    ("mlp_ncf", {"embedding_dim": 4, "mlp_layers": [8, 4]}, 16 + 72 + 9),
+    ("two_tower_dense", {"embedding_dim": 4, "head_layers": [8]}, 16 + 17),
+    ("mf", {"embedding_dim": 4}, 8),
+    ("mf_mean", {"embedding_dim": 4}, 10),
+])
+def test_pair_flops_counted_by_hand(kind, params, flops):
+    assert build_model(kind, SPEC, **params).pair_flops() == flops

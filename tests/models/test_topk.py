@@ -103,3 +103,79 @@ def test_two_stage_refuses_vectors_that_do_not_match_the_catalogue(deepfm):
     with pytest.raises(ValueError, match="6 item vectors for 7 catalogue items"):
         recommend_two_stage(model, users, catalogue, seen, 2, np.zeros((N_USERS, 2), np.float32),
                             np.zeros((6, 2), np.float32), candidates=3)
+
+
+def _write_side_tables(tmp_path, users, catalogue):
+    """The fixture's sides as feature tables: users (two files) and the catalogue (shuffled rows)."""
+    import pyarrow.parquet as pq
+
+    def lists(matrix):
+        return pa.array([[int(v) for v in row if v >= 0] for row in matrix], pa.list_(pa.int32()))
+
+    items = pa.table({"item_id": catalogue.ids, "item_idx": catalogue.columns["item_idx"],
+                      "item_genres": lists(catalogue.columns["item_genres"]),
+                      "item_year": catalogue.columns["item_year"]})
+    item_path = tmp_path / "item_features"
+    item_path.mkdir()
+    pq.write_table(items.take(pa.array([3, 0, 6, 2, 5, 1, 4])), item_path / "part-0.parquet")
+    return str(item_path), pa.table({"user_id": users.ids, **users.columns})
+
+
+def _spark_top_k(spark, model_path, item_path, user_table, seen, k, *, item_vectors=None, user_vectors=None,
+                 candidates=None, block_rows=2):
+    import functools
+
+    from jobs import scoring
+    from models.topk import ArrowBatchScorer, catalogue_scorer
+
+    rows = user_table.append_column("seen_pos", pa.array([s.tolist() for s in seen], pa.list_(pa.int32())))
+    rows = rows.append_column("source", pa.array(["model"] * len(seen)))
+    if user_vectors is not None:
+        rows = rows.append_column("embedding", pa.array(user_vectors.tolist(), pa.list_(pa.float32())))
+    build = functools.partial(catalogue_scorer, model_path, item_path, item_block=3)
+
+    def build_scorer(payload, lo):
+        return ArrowBatchScorer(scoring.worker_cached(f"test:{model_path}", build), k, block_rows=block_rows,
+                                item_vectors=payload, candidates=candidates)
+
+    frame = spark.createDataFrame(rows.to_pandas()).repartition(3)
+    item_ids = pa.array(10 * np.arange(1, N_ITEMS + 1))
+    out = scoring.score_in_spark(frame, item_ids, [(0, item_vectors)], build_scorer, k=k).toArrow()
+    return out.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+
+
+def test_spark_scoring_of_a_saved_model_equals_argsort_of_the_plain_model(spark, deepfm, tmp_path):
+    model, users, catalogue, plain, seen = deepfm
+    model_path = str(tmp_path / "model.keras")
+    model.save(model_path)
+    item_path, user_table = _write_side_tables(tmp_path, users, catalogue)
+    table = _spark_top_k(spark, model_path, item_path, user_table, seen, k=3)
+    assert _by_user(table, users, catalogue) == _reference(plain, seen, 3)
+    assert set(table["source"].to_pylist()) == {"model"}
+    first = table.filter(pa.compute.equal(table["rank"], 1))
+    expected = [plain[r, _reference(plain, seen, 1)[r][0]] for r in (0, 1, 3, 4, 5)]
+    np.testing.assert_allclose(first["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_spark_two_stage_scoring_ranks_the_retrievers_candidates(spark, deepfm, tmp_path):
+    model, users, catalogue, plain, seen = deepfm
+    model_path = str(tmp_path / "model.keras")
+    model.save(model_path)
+    item_path, user_table = _write_side_tables(tmp_path, users, catalogue)
+    rng = np.random.default_rng(8)
+    user_vectors = rng.standard_normal((N_USERS, 3)).astype(np.float32)
+    item_vectors = rng.standard_normal((N_ITEMS, 3)).astype(np.float32)
+    retrieval = user_vectors.astype(np.float64) @ item_vectors.T.astype(np.float64)
+    candidates = [set(c) for c in _reference(retrieval, seen, 4)]
+    table = _spark_top_k(spark, model_path, item_path, user_table, seen, 2, item_vectors=item_vectors,
+                         user_vectors=user_vectors, candidates=4)
+    assert _by_user(table, users, catalogue) == _reference(plain, seen, 2, allowed=candidates)
+
+
+def test_spark_scoring_names_missing_user_inputs(spark, deepfm, tmp_path):
+    model, users, catalogue, _, seen = deepfm
+    model_path = str(tmp_path / "model.keras")
+    model.save(model_path)
+    item_path, user_table = _write_side_tables(tmp_path, users, catalogue)
+    with pytest.raises(Exception, match=r"user inputs \['user_age'\] are missing"):
+        _spark_top_k(spark, model_path, item_path, user_table.drop(["user_age"]), seen, k=3)
