@@ -48,7 +48,9 @@ class Kind:
 
 
 _FEATURES = frozenset({"use_id", "use_features", "id_dropout"})
-_TOWER = _FEATURES | {"tower_layers", "normalize", "biases", "dropout"}
+#: The user's history as a user-tower input (``models.two_tower``): list length (0: off), embedding table.
+HISTORY_PARAMS = frozenset({"history_max_len", "history_embedding"})
+_TOWER = _FEATURES | {"tower_layers", "normalize", "biases", "dropout"} | HISTORY_PARAMS
 
 KINDS: dict[str, Kind] = {
     "mf": Kind(
@@ -61,7 +63,8 @@ KINDS: dict[str, Kind] = {
         "two_tower", "s = psi(u) . phi(i),  psi(u) = A x_u + sum_f E_f[x_uf]  (phi alike)",
         {"tower": "linear", "head": "dot"}, _FEATURES | {"biases"}, "in_batch_softmax"),
     "two_tower": Kind(
-        "two_tower", "s = psi(u) . phi(i),  psi, phi = MLP(embeddings, continuous features) [L2-normalised]",
+        "two_tower", "s = psi(u) . phi(i),  psi, phi = MLP(embeddings, continuous features[, mean_{j in h(u)} e_j])"
+        " [L2-normalised]",
         {"tower": "mlp", "head": "dot"}, _TOWER, "in_batch_softmax"),
     "two_tower_dense": Kind(
         "two_tower", "s = rho([psi(u), phi(i)]),  rho = MLP",

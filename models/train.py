@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from models.base import expand_rows, group_rows
-from models.catalogue import NegativeSampler, item_counts, read_side_table
+from models.catalogue import NegativeSampler, item_counts, read_side_table, read_user_history
 from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
 from models.evaluation import RankingHoldout, RatingHoldout
 from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES
@@ -181,6 +181,7 @@ def train_model(
     holdout_path: str | None = None,
     holdout_catalogue_path: str | None = None,
     feature_state_json: str | None = None,
+    user_history_path: str | None = None,
     strategy: tf.distribute.Strategy | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -202,6 +203,8 @@ def train_model(
         holdout_catalogue_path: the items the ranking holdout ranks (default:
             ``item_features_path``), e.g. only new items for a cold-start check.
         feature_state_json: the fitted feature state, saved beside the model.
+        user_history_path: Parquet users' histories (``jobs.history.user_history`` of the
+            examples' window); required by models with ``history_max_len > 0``.
         strategy: tf.distribute strategy (default: the current one).
         log: receives one progress line per epoch.
 
@@ -247,6 +250,12 @@ def train_model(
         optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
         first = to_feed(next(iter_batches(files[:1], columns, 4, shuffle=False)))
         model(first)
+        if getattr(model, "history_max_len", 0):
+            if user_history_path is None:
+                raise ValueError(f"{kind}: history_max_len {model.history_max_len} needs user_history_path "
+                                 "(the users' histories of the training window, jobs.history.user_history)")
+            model.set_history(read_user_history(user_history_path, int(spec["user"]["id"]["vocab_size"]),
+                                                model.history_max_len))
         optimizer.build(model.trainable_variables)
 
     def objective_loss(batch, step):
