@@ -251,6 +251,8 @@ class ModelConfig(_Section):
     patience: int = Field(2, ge=0)
     retrieve_with: str | None = None
     candidates: int = Field(200, ge=1)
+    history_max_len: int = Field(0, ge=0)
+    history_embedding: Literal["shared", "own"] = "shared"
 
     @field_validator("name")
     @classmethod
@@ -313,6 +315,13 @@ class ModelConfig(_Section):
                 f"model '{self.name}': key '{key}' does not apply to kind {self.kind} with objective "
                 f"{self.objective} ({hint}); remove it"
             )
+        if self.history_embedding != "shared" and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': history_embedding '{self.history_embedding}' needs "
+                             "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
+                             "or remove history_embedding")
+        if self.history_max_len and self.history_embedding == "shared" and not self.use_id:
+            raise ValueError(f"model '{self.name}': history_embedding 'shared' reuses the item id embedding, which "
+                             "use_id false removes; set history_embedding: own or use_id: true")
         if "candidates" in self.model_fields_set and self.retrieve_with is None:
             raise ValueError(f"model '{self.name}': 'candidates' needs 'retrieve_with' (the model that retrieves them)")
         for key in _LAYER_KEYS:

@@ -130,3 +130,18 @@ def test_a_dumped_config_parses_again_to_the_same_config():
     assert "loss" not in by_name["mf_rating"] and "temperature" not in by_name["mf_rating"]
     assert by_name["tt_bce"]["negative_ratio"] == 3 and "temperature" not in by_name["tt_bce"]
     assert by_name["ranker"]["candidates"] == 30 and "candidates" not in by_name["deepfm_implicit"]
+
+
+def test_history_keys_are_checked():
+    cfg = parse_config({"models": [{"name": "h", "kind": "two_tower", "history_max_len": 50,
+                                    "history_embedding": "own"}]})
+    assert cfg.models[0].model_params()["history_max_len"] == 50
+    assert cfg.models[0].model_params()["history_embedding"] == "own"
+    assert parse_config({}).models[0].model_params()["history_max_len"] == 0
+    assert "key 'history_max_len' does not apply to kind mf" in _models_error(
+        [{"name": "m", "kind": "mf", "history_max_len": 5}])
+    assert "history_embedding 'own' needs history_max_len >= 1" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_embedding": "own"}])
+    assert "history_embedding 'shared' reuses the item id embedding" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_max_len": 5, "use_id": False}])
+    assert "'models.0.history_max_len': -1" in _models_error([{"name": "h", "history_max_len": -1}])
