@@ -253,6 +253,7 @@ class ModelConfig(_Section):
     candidates: int = Field(200, ge=1)
     history_max_len: int = Field(0, ge=0)
     history_embedding: Literal["shared", "own"] = "shared"
+    history_user_id: bool = True
 
     @field_validator("name")
     @classmethod
@@ -319,6 +320,9 @@ class ModelConfig(_Section):
             raise ValueError(f"model '{self.name}': history_embedding '{self.history_embedding}' needs "
                              "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
                              "or remove history_embedding")
+        if not self.history_user_id and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': history_user_id false represents users by their history "
+                             "instead of their id; it needs history_max_len >= 1")
         if self.history_max_len and self.history_embedding == "shared" and not self.use_id:
             raise ValueError(f"model '{self.name}': history_embedding 'shared' reuses the item id embedding, which "
                              "use_id false removes; set history_embedding: own or use_id: true")

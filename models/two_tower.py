@@ -141,6 +141,8 @@ class TwoTowerModel(RecommenderModel):
         kind: the preset name this model was built as (recorded for readers).
         history_max_len: length of each user's history list (0: no history input; see the module docstring).
         history_embedding: "shared" (the item tower's id embedding table) or "own" (a separate table).
+        history_user_id: with a history, whether the user tower still embeds the user id (False: the
+            user is represented by the history and the user features only, as in Mult-VAE / YouTube-DNN).
     """
 
     family = "two_tower"
@@ -148,7 +150,7 @@ class TwoTowerModel(RecommenderModel):
     def __init__(self, spec, embedding_dim=32, hidden=(64,), normalize=False, l2=0.0,
                  tower="mlp", use_id=True, use_features=True, biases=False, head="dot", head_layers=(64,),
                  id_dropout=0.0, dropout=0.0, output_bias=0.0, kind="two_tower", history_max_len=0,
-                 history_embedding="shared", **kwargs):
+                 history_embedding="shared", history_user_id=True, **kwargs):
         super().__init__(spec, kind=kind, embedding_dim=embedding_dim, use_id=use_id, use_features=use_features, l2=l2,
                          dropout=dropout, id_dropout=id_dropout, output_bias=output_bias, **kwargs)
         if head not in HEADS:
@@ -163,10 +165,14 @@ class TwoTowerModel(RecommenderModel):
         self.head_layers = [int(h) for h in head_layers]
         common = dict(embedding_dim=embedding_dim, output_dim=embedding_dim, hidden=hidden, normalize=normalize, l2=l2,
                       mode=tower, use_id=use_id, use_features=use_features, id_dropout=id_dropout, dropout=dropout)
-        self.user_tower = Tower(spec["user"], name="user_tower", **common)
-        self.item_tower = Tower(spec["item"], name="item_tower", **common)
         self.history_max_len = int(history_max_len)
         self.history_embedding = history_embedding
+        self.history_user_id = bool(history_user_id)
+        if not self.history_user_id and not self.history_max_len:
+            raise ValueError("history_user_id False drops the user id in favour of the history; it needs "
+                             "history_max_len >= 1")
+        self.user_tower = Tower(spec["user"], name="user_tower", **{**common, "use_id": use_id and self.history_user_id})
+        self.item_tower = Tower(spec["item"], name="item_tower", **common)
         if self.history_max_len < 0:
             raise ValueError(f"history_max_len must be >= 0 (0: no history), got {history_max_len!r}")
         if self.history_max_len:
@@ -305,4 +311,5 @@ class TwoTowerModel(RecommenderModel):
             "head_layers": self.head_layers,
             "history_max_len": self.history_max_len,
             "history_embedding": self.history_embedding,
+            "history_user_id": self.history_user_id,
         }

@@ -76,7 +76,20 @@ def test_save_reload_keeps_the_histories_and_the_scores(tmp_path):
     np.testing.assert_allclose(dots, before, rtol=1e-5, atol=1e-6)
 
 
+def test_without_the_user_id_users_with_the_same_history_and_features_get_the_same_vector():
+    model = _model("own", history_user_id=False)
+    assert "user_idx" not in model.user_tower.embed.tables
+    lists = LISTS.copy()
+    lists[4] = lists[2]                      # user 4 gets user 2's history
+    model.set_history(lists)
+    vectors = np.asarray(model.user_embedding(_rows([2, 4, 3], [2, 2, 2])))
+    np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-6)
+    assert not np.allclose(vectors[0], vectors[2])
+
+
 def test_history_settings_are_checked():
+    with pytest.raises(ValueError, match="history_user_id False .* needs history_max_len >= 1"):
+        build_model("two_tower", SPEC, embedding_dim=4, history_user_id=False)
     with pytest.raises(ValueError, match="use_id=False removes"):
         build_model("two_tower", SPEC, embedding_dim=4, use_id=False, history_max_len=3)
     with pytest.raises(ValueError, match="history_embedding must be one of shared, own"):
