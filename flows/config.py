@@ -254,6 +254,7 @@ class ModelConfig(_Section):
     history_max_len: int = Field(0, ge=0)
     history_embedding: Literal["shared", "own"] = "shared"
     history_user_id: bool = True
+    history_dropout: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("name")
     @classmethod
@@ -320,6 +321,9 @@ class ModelConfig(_Section):
             raise ValueError(f"model '{self.name}': history_embedding '{self.history_embedding}' needs "
                              "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
                              "or remove history_embedding")
+        if self.history_dropout and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': history_dropout needs history_max_len >= 1 (the history input "
+                             "is off at 0)")
         if not self.history_user_id and not self.history_max_len:
             raise ValueError(f"model '{self.name}': history_user_id false represents users by their history "
                              "instead of their id; it needs history_max_len >= 1")

@@ -49,8 +49,8 @@ class Kind:
 
 _FEATURES = frozenset({"use_id", "use_features", "id_dropout"})
 #: The user's history as a user-tower input (``models.two_tower``): list length (0: off), embedding table,
-#: whether the user tower keeps the user-id embedding beside it.
-HISTORY_PARAMS = frozenset({"history_max_len", "history_embedding", "history_user_id"})
+#: whether the user tower keeps the user-id embedding beside it, input dropout of the history in training.
+HISTORY_PARAMS = frozenset({"history_max_len", "history_embedding", "history_user_id", "history_dropout"})
 _TOWER = _FEATURES | {"tower_layers", "normalize", "biases", "dropout"} | HISTORY_PARAMS
 
 KINDS: dict[str, Kind] = {

@@ -143,6 +143,8 @@ class TwoTowerModel(RecommenderModel):
         history_embedding: "shared" (the item tower's id embedding table) or "own" (a separate table).
         history_user_id: with a history, whether the user tower still embeds the user id (False: the
             user is represented by the history and the user features only, as in Mult-VAE / YouTube-DNN).
+        history_dropout: in training, each history item is also left out with this probability (the
+            input dropout of Mult-DAE/VAE, Liang et al. 2018), so the tower learns from partial histories.
     """
 
     family = "two_tower"
@@ -150,7 +152,7 @@ class TwoTowerModel(RecommenderModel):
     def __init__(self, spec, embedding_dim=32, hidden=(64,), normalize=False, l2=0.0,
                  tower="mlp", use_id=True, use_features=True, biases=False, head="dot", head_layers=(64,),
                  id_dropout=0.0, dropout=0.0, output_bias=0.0, kind="two_tower", history_max_len=0,
-                 history_embedding="shared", history_user_id=True, **kwargs):
+                 history_embedding="shared", history_user_id=True, history_dropout=0.0, **kwargs):
         super().__init__(spec, kind=kind, embedding_dim=embedding_dim, use_id=use_id, use_features=use_features, l2=l2,
                          dropout=dropout, id_dropout=id_dropout, output_bias=output_bias, **kwargs)
         if head not in HEADS:
@@ -168,6 +170,9 @@ class TwoTowerModel(RecommenderModel):
         self.history_max_len = int(history_max_len)
         self.history_embedding = history_embedding
         self.history_user_id = bool(history_user_id)
+        self.history_dropout = float(history_dropout)
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f"history_dropout must be in [0, 1), got {history_dropout!r}")
         if not self.history_user_id and not self.history_max_len:
             raise ValueError("history_user_id False drops the user id in favour of the history; it needs "
                              "history_max_len >= 1")
@@ -212,6 +217,7 @@ class TwoTowerModel(RecommenderModel):
                 int(spec["item"]["id"]["vocab_size"]), self.embedding_dim,
                 embeddings_initializer=ReservedZerosNormal(0.05), embeddings_regularizer=reg, name="history_items")
         self.history_pool = MaskedMeanPooling(name="history_pool")
+        self.history_seed = keras.random.SeedGenerator(17) if self.history_dropout > 0 else None
 
     def set_history(self, lists):
         """Fill the users' history lists: ``lists`` [user vocab, history_max_len] int item indices, -1 padded."""
@@ -226,12 +232,17 @@ class TwoTowerModel(RecommenderModel):
     def history_vector(self, inputs, training=False):
         """Mean embedding of each user's history items: [n, d] (zeros for a user without history).
 
-        In training the row's own item (``inputs[item id]``) is left out of the mean.
+        In training the row's own item (``inputs[item id]``) is left out of the mean, and each
+        other item with probability ``history_dropout``.
         """
         lists = ops.take(self.user_history, ops.cast(inputs[self.spec["user"]["id"]["name"]], "int32"), axis=0)
         if training:
             own = ops.cast(inputs[self.spec["item"]["id"]["name"]], "int32")[:, None]
-            lists = ops.where(ops.equal(lists, own), ops.full_like(lists, PAD), lists)
+            drop = ops.equal(lists, own)
+            if self.history_dropout > 0:
+                noise = keras.random.uniform(ops.shape(lists), seed=self.history_seed)
+                drop = ops.logical_or(drop, noise < self.history_dropout)
+            lists = ops.where(drop, ops.full_like(lists, PAD), lists)
         if self.history_embedding == "own":
             table = self.history_table
         else:
@@ -312,4 +323,5 @@ class TwoTowerModel(RecommenderModel):
             "history_max_len": self.history_max_len,
             "history_embedding": self.history_embedding,
             "history_user_id": self.history_user_id,
+            "history_dropout": self.history_dropout,
         }

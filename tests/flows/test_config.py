@@ -145,5 +145,7 @@ def test_history_keys_are_checked():
     assert "history_embedding 'shared' reuses the item id embedding" in _models_error(
         [{"name": "h", "kind": "two_tower", "history_max_len": 5, "use_id": False}])
     assert "'models.0.history_max_len': -1" in _models_error([{"name": "h", "history_max_len": -1}])
+    assert "history_dropout needs history_max_len >= 1" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_dropout": 0.5}])
     assert "history_user_id false represents users by their history" in _models_error(
         [{"name": "h", "kind": "two_tower", "history_user_id": False}])

@@ -56,6 +56,15 @@ def test_masked_mean_leaves_the_examples_own_item_out_in_training(embedding):
                                np.asarray(expected), rtol=1e-5, atol=1e-6)
 
 
+def test_history_dropout_leaves_out_random_items_in_training_only():
+    model = _model("own", history_dropout=0.5)
+    rows = _rows([2] * 64, [3] * 64)     # history 2, 3, 4; own item 3: the mean of a subset of {2, 4}
+    subsets = {(0.0,), (4.0,), (16.0,), (10.0,)}   # first coordinate j*j: none, {2}, {4}, {2, 4}
+    got = np.asarray(model.history_vector(rows, training=True))[:, 0]
+    assert {(float(v),) for v in got} <= subsets and len({float(v) for v in got}) > 1
+    np.testing.assert_allclose(np.asarray(model.history_vector(rows))[:, 0], np.full(64, 29 / 3), rtol=1e-6)
+
+
 def test_a_user_without_history_gets_the_zero_vector():
     model = _model("own")
     rows = _rows([4, 1, 0], [2, 2, 2])   # known user without history, unseen user, null user
@@ -92,6 +101,8 @@ def test_history_settings_are_checked():
         build_model("two_tower", SPEC, embedding_dim=4, history_user_id=False)
     with pytest.raises(ValueError, match="use_id=False removes"):
         build_model("two_tower", SPEC, embedding_dim=4, use_id=False, history_max_len=3)
+    with pytest.raises(ValueError, match=r"history_dropout must be in \[0, 1\)"):
+        build_model("two_tower", SPEC, embedding_dim=4, history_max_len=3, history_dropout=1.0)
     with pytest.raises(ValueError, match="history_embedding must be one of shared, own"):
         build_model("two_tower", SPEC, embedding_dim=4, history_max_len=3, history_embedding="both")
     model = _model("own")
