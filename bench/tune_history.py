@@ -30,6 +30,9 @@ _TRAIN = {**quality._SOFTMAX, "learning_rate": 0.002}
 #: name -> (model params, training settings); the first is the current two_tower entry without history.
 _HD = {**_BASE, "history_max_len": 200, "history_dropout": 0.5}
 GRID = {
+    "shared_200_mask": ({**_BASE, "history_max_len": 200}, {**_TRAIN, "mask_history": True}),
+    "own_200_noid_mask": ({**_BASE, "history_max_len": 200, "history_embedding": "own", "history_user_id": False},
+                          {**_TRAIN, "mask_history": True}),
     "shared_200_hd0.5": (_HD, _TRAIN),
     "own_200_noid_hd0.5": ({**_HD, "history_embedding": "own", "history_user_id": False}, _TRAIN),
     "shared_200_noid_hd0.5": ({**_HD, "history_user_id": False}, _TRAIN),

@@ -255,6 +255,7 @@ class ModelConfig(_Section):
     history_embedding: Literal["shared", "own"] = "shared"
     history_user_id: bool = True
     history_dropout: float = Field(0.0, ge=0, lt=1)
+    mask_history: bool = False
 
     @field_validator("name")
     @classmethod
@@ -321,6 +322,9 @@ class ModelConfig(_Section):
             raise ValueError(f"model '{self.name}': history_embedding '{self.history_embedding}' needs "
                              "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
                              "or remove history_embedding")
+        if self.mask_history and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': mask_history masks in-batch negatives found in the user's "
+                             "history; it needs history_max_len >= 1")
         if self.history_dropout and not self.history_max_len:
             raise ValueError(f"model '{self.name}': history_dropout needs history_max_len >= 1 (the history input "
                              "is off at 0)")
@@ -352,7 +356,7 @@ class ModelConfig(_Section):
             "batch_size": self.batch_size, "learning_rate": self.learning_rate, "patience": self.patience,
             "temperature": self.temperature, "log_q": self.log_q, "extra_negatives": self.extra_negatives,
             "negatives": self.negatives,
-            "negative_ratio": self.negative_ratio,
+            "negative_ratio": self.negative_ratio, "mask_history": self.mask_history,
         }
 
 

@@ -22,7 +22,7 @@ TRAINING_PARAMS = frozenset(
 )
 #: Hyper-parameters that apply only with a given implicit loss.
 LOSS_PARAMS = {
-    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives"}),
+    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives", "mask_history"}),
     "sampled_bce": frozenset({"negatives", "negative_ratio"}),
 }
 

@@ -66,6 +66,8 @@ class TrainSettings:
             catalogue per batch, added to the batch's own items as negatives
             (mixed negative sampling); the log-Q correction then uses the
             mixture's expected count of each item.
+        mask_history: in-batch softmax, models with a history input: a negative that is in the
+            row user's history (another positive of the user) is masked out like an accidental hit.
         negatives: "uniform" or "popularity" (sampled_bce).
         negative_ratio: sampled negatives per positive (sampled_bce).
         seed: seed of initialisation, shuffling and sampling.
@@ -82,6 +84,7 @@ class TrainSettings:
     temperature: float = 0.1
     log_q: bool = True
     extra_negatives: int = 0
+    mask_history: bool = False
     negatives: str = "uniform"
     negative_ratio: int = 4
     seed: int = 42
@@ -256,6 +259,8 @@ def train_model(
                                  "(the users' histories of the training window, jobs.history.user_history)")
             model.set_history(read_user_history(user_history_path, int(spec["user"]["id"]["vocab_size"]),
                                                 model.history_max_len))
+        if settings.mask_history and not getattr(model, "history_max_len", 0):
+            raise ValueError(f"{kind}: mask_history needs a model with a history input (history_max_len >= 1)")
         optimizer.build(model.trainable_variables)
 
     def objective_loss(batch, step):
@@ -274,8 +279,9 @@ def train_model(
                                                  training=True)
                 scores = tf.concat([scores, extra_scores], axis=1)
                 ids = tf.concat([item_idx, tf.cast(extra_idx, item_idx.dtype)], axis=0)
+            known = model.history_contains(batch, ids) if settings.mask_history else None
             return in_batch_softmax_from_scores(
-                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature
+                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature, known=known
             )
         positive = model.pair_scores(user, item, training=True)
         n = tf.shape(item_idx)[0]

@@ -30,6 +30,7 @@ so exported tables score exactly.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from models.base import RecommenderModel, add_sides, dot
@@ -248,6 +249,19 @@ class TwoTowerModel(RecommenderModel):
         else:
             table = self.item_tower.embed.tables[self.spec["item"]["id"]["name"]]
         return self.history_pool(lists, table(ops.maximum(lists, 0)))
+
+    def history_contains(self, inputs, item_ids):
+        """Whether each item is in each user's (whole) history: [n users, m items] bool.
+
+        Args:
+            inputs: the users' columns (the user id among them), [n] rows.
+            item_ids: [m] item indices.
+        """
+        lists = tf.sort(tf.gather(self.user_history, tf.cast(inputs[self.spec["user"]["id"]["name"]], tf.int32)),
+                        axis=1)
+        queries = tf.broadcast_to(tf.cast(item_ids, tf.int32)[None, :], [tf.shape(lists)[0], tf.shape(item_ids)[0]])
+        pos = tf.minimum(tf.searchsorted(lists, queries, side="left"), self.history_max_len - 1)
+        return tf.equal(tf.gather(lists, pos, batch_dims=1), queries)
 
     @property
     def factorised(self) -> bool:

@@ -145,6 +145,12 @@ def test_history_keys_are_checked():
     assert "history_embedding 'shared' reuses the item id embedding" in _models_error(
         [{"name": "h", "kind": "two_tower", "history_max_len": 5, "use_id": False}])
     assert "'models.0.history_max_len': -1" in _models_error([{"name": "h", "history_max_len": -1}])
+    assert "mask_history masks in-batch negatives found in the user's history; it needs history_max_len" in \
+        _models_error([{"name": "h", "kind": "two_tower", "mask_history": True}])
+    assert parse_config({"models": [{"name": "h", "history_max_len": 5, "mask_history": True}]}).models[0] \
+        .train_settings()["mask_history"] is True
+    assert "key 'mask_history' does not apply" in _models_error(
+        [{"name": "h", "kind": "two_tower", "objective": "rating", "history_max_len": 5, "mask_history": True}])
     assert "history_dropout needs history_max_len >= 1" in _models_error(
         [{"name": "h", "kind": "two_tower", "history_dropout": 0.5}])
     assert "history_user_id false represents users by their history" in _models_error(

@@ -85,6 +85,25 @@ def test_save_reload_keeps_the_histories_and_the_scores(tmp_path):
     np.testing.assert_allclose(dots, before, rtol=1e-5, atol=1e-6)
 
 
+def test_history_contains_marks_the_items_of_each_users_whole_list():
+    model = _model("own")
+    got = np.asarray(model.history_contains(_rows([2, 5, 0], [2, 2, 2]), np.array([3, 5, 2, 9, 6, 4], np.int32)))
+    np.testing.assert_array_equal(got, [[True, False, True, False, False, True],      # history 2, 3, 4
+                                        [False, False, True, False, True, False],     # history 6, 2
+                                        [False] * 6])                                 # no history
+
+
+def test_known_positives_leave_the_softmax_but_the_diagonal_stays():
+    from models.tasks import in_batch_softmax_from_scores
+
+    scores = np.array([[1.0, 2.0, 0.5], [0.3, 0.1, 1.5]], np.float32)
+    known = np.array([[True, True, False], [False, True, True]])   # row 0's own item (col 0) is in its history
+    got = float(in_batch_softmax_from_scores(scores, np.array([7, 8, 9]), None, 1.0, known=known))
+    row0 = -(1.0 - np.log(np.exp(1.0) + np.exp(0.5)))          # col 1 masked, diagonal kept
+    row1 = -(0.1 - np.log(np.exp(0.3) + np.exp(0.1)))          # col 2 masked, diagonal (col 1) kept
+    np.testing.assert_allclose(got, (row0 + row1) / 2, rtol=1e-5)
+
+
 def test_without_the_user_id_users_with_the_same_history_and_features_get_the_same_vector():
     model = _model("own", history_user_id=False)
     assert "user_idx" not in model.user_tower.embed.tables
@@ -136,7 +155,7 @@ def test_two_tower_with_history_trains_saves_and_reloads(tmp_path):
     rows = [(int(u), sorted({int(i) for i in items[users == u]})) for u in np.unique(users)]
     history = _write_history(tmp_path / "history", rows)
     params = {"embedding_dim": 4, "tower_layers": [8], "history_max_len": 3}
-    settings = TrainSettings(epochs=3, batch_size=64, seed=1)
+    settings = TrainSettings(epochs=3, batch_size=64, seed=1, mask_history=True)
     with pytest.raises(ValueError, match="needs user_history_path"):
         train_model("two_tower", TRAIN_SPEC, path, str(tmp_path / "none"), settings=settings, model_params=params,
                     log=lambda _: None)
