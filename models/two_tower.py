@@ -177,7 +177,8 @@ class TwoTowerModel(RecommenderModel):
         if not self.history_user_id and not self.history_max_len:
             raise ValueError("history_user_id False drops the user id in favour of the history; it needs "
                              "history_max_len >= 1")
-        self.user_tower = Tower(spec["user"], name="user_tower", **{**common, "use_id": use_id and self.history_user_id})
+        user_common = {**common, "use_id": use_id and self.history_user_id}
+        self.user_tower = Tower(spec["user"], name="user_tower", **user_common)
         self.item_tower = Tower(spec["item"], name="item_tower", **common)
         if self.history_max_len < 0:
             raise ValueError(f"history_max_len must be >= 0 (0: no history), got {history_max_len!r}")
