@@ -56,10 +56,12 @@ import pyarrow as pa  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession, Window  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from jobs import evaluate, features, ingest, sources, split, synthetic  # noqa: E402
+from jobs import evaluate, features, history, ingest, sources, split, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
 K = 10
+#: Longest user history written by ``prepare`` (a model with a shorter history_max_len keeps the most recent).
+HISTORY_TABLE_LEN = 1000
 ML_ITEM_FEATURES = features.MOVIELENS_ITEM_FEATURES   # year, genres (ml-latest has no user demographics)
 
 
@@ -95,6 +97,7 @@ class Prepared:
     item_features: str
     heldout_examples: str | None = None
     heldout_items: str | None = None
+    history: str | None = None
 
 
 def prepare(spark, work: str, name: str, train: DataFrame, users, items, user_decls, item_decls,
@@ -111,12 +114,14 @@ def prepare(spark, work: str, name: str, train: DataFrame, users, items, user_de
     state, user_f, item_f = fitted.state, fitted.user_features, fitted.item_features
     if warm_items_only:
         item_f = item_f.filter(F.col("item_idx") >= features.FIRST_INDEX)
-    out = {n: os.path.join(work, name, n) for n in ("user_features", "item_features", "examples", "heldout")}
+    out = {n: os.path.join(work, name, n) for n in ("user_features", "item_features", "examples", "heldout",
+                                                    "history")}
     user_f.write.mode("overwrite").parquet(out["user_features"])
     item_f.write.mode("overwrite").parquet(out["item_features"])
     uf, itf = spark.read.parquet(out["user_features"]), spark.read.parquet(out["item_features"])
     # leakage-safe: each example's statistics come from events strictly before it, as in the nightly run
     features.write_training_examples(train, users, items, state, out["examples"])
+    history.user_history(train, state, max_len=HISTORY_TABLE_LEN).write.mode("overwrite").parquet(out["history"])
     fitted.release()
     held_path = held_items = None
     if heldout is not None:
@@ -125,7 +130,7 @@ def prepare(spark, work: str, name: str, train: DataFrame, users, items, user_de
         held_items = os.path.join(work, name, "heldout_items")
         itf.join(heldout.select("item_id").distinct(), on="item_id").write.mode("overwrite").parquet(held_items)
     return Prepared(state.model_spec(), state.to_json(), out["examples"], out["user_features"],
-                    out["item_features"], held_path, held_items)
+                    out["item_features"], held_path, held_items, out["history"])
 
 
 # -- scoring helpers -----------------------------------------------------------------------------
@@ -200,6 +205,11 @@ IMPLICIT = [
     Entry("linear_rs", "linear_rs", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
     Entry("two_tower", "two_tower", {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3},
           {**_SOFTMAX, "learning_rate": 0.002}),
+    # two_tower plus the user's history (the 200 most recent training items, the item tower's id embedding);
+    # tuned on the validation split by bench/tune_history.py.
+    Entry("two_tower_history", "two_tower",
+          {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3, "history_max_len": 200},
+          {**_SOFTMAX, "learning_rate": 0.002}),
     # The dense head scores every (user, item) pair of the batch through rho: no extra negatives.
     Entry("two_tower_dense", "two_tower_dense",
           {"embedding_dim": 64, "tower_layers": [128], "head_layers": [64], "dropout": 0.3},
@@ -254,13 +264,15 @@ def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int,
         entry.kind, val.spec, val.examples, os.path.join(work, "val", entry.name),
         settings=TrainSettings(**entry.settings, epochs=max_epochs, patience=patience, seed=42),
         model_params=entry.params, item_features_path=val.item_features, holdout_path=val.heldout_examples,
-        holdout_catalogue_path=val.heldout_items if rank_heldout_items else None, log=quiet,
+        holdout_catalogue_path=val.heldout_items if rank_heldout_items else None, user_history_path=val.history,
+        log=quiet,
     )
     start = time.perf_counter()
     final = train_model(
         entry.kind, full.spec, full.examples, os.path.join(work, "full", entry.name),
         settings=TrainSettings(**entry.settings, epochs=first.best_epoch, patience=0, seed=42),
-        model_params=entry.params, item_features_path=full.item_features, log=quiet,
+        model_params=entry.params, item_features_path=full.item_features, user_history_path=full.history,
+        log=quiet,
     )
     seconds = time.perf_counter() - start
     return Fitted(load_model(final.model_path), first.best_epoch, first.best_metric, seconds)

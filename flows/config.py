@@ -251,6 +251,11 @@ class ModelConfig(_Section):
     patience: int = Field(2, ge=0)
     retrieve_with: str | None = None
     candidates: int = Field(200, ge=1)
+    history_max_len: int = Field(0, ge=0)
+    history_embedding: Literal["shared", "own"] = "shared"
+    history_user_id: bool = True
+    history_dropout: float = Field(0.0, ge=0, lt=1)
+    mask_history: bool = False
 
     @field_validator("name")
     @classmethod
@@ -313,6 +318,22 @@ class ModelConfig(_Section):
                 f"model '{self.name}': key '{key}' does not apply to kind {self.kind} with objective "
                 f"{self.objective} ({hint}); remove it"
             )
+        if self.history_embedding != "shared" and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': history_embedding '{self.history_embedding}' needs "
+                             "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
+                             "or remove history_embedding")
+        if self.mask_history and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': mask_history masks in-batch negatives found in the user's "
+                             "history; it needs history_max_len >= 1")
+        if self.history_dropout and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': history_dropout needs history_max_len >= 1 (the history input "
+                             "is off at 0)")
+        if not self.history_user_id and not self.history_max_len:
+            raise ValueError(f"model '{self.name}': history_user_id false represents users by their history "
+                             "instead of their id; it needs history_max_len >= 1")
+        if self.history_max_len and self.history_embedding == "shared" and not self.use_id:
+            raise ValueError(f"model '{self.name}': history_embedding 'shared' reuses the item id embedding, which "
+                             "use_id false removes; set history_embedding: own or use_id: true")
         if "candidates" in self.model_fields_set and self.retrieve_with is None:
             raise ValueError(f"model '{self.name}': 'candidates' needs 'retrieve_with' (the model that retrieves them)")
         for key in _LAYER_KEYS:
@@ -335,7 +356,7 @@ class ModelConfig(_Section):
             "batch_size": self.batch_size, "learning_rate": self.learning_rate, "patience": self.patience,
             "temperature": self.temperature, "log_q": self.log_q, "extra_negatives": self.extra_negatives,
             "negatives": self.negatives,
-            "negative_ratio": self.negative_ratio,
+            "negative_ratio": self.negative_ratio, "mask_history": self.mask_history,
         }
 
 

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from flows.config import ModelConfig, NightrecConfig, ScoringConfig, load_config, parse_config
 from flows.runtime import spark_for
-from jobs import evaluate, features, ingest, scoring, sources, split
+from jobs import evaluate, features, history, ingest, scoring, sources, split
 from jobs.tables import RunPaths, Warehouse
 
 MODEL_VERSION_FORMAT = "{name}@{ds}"
@@ -251,6 +251,7 @@ def train_task(
     if epochs is not None:
         settings["epochs"] = epochs
     logger = get_run_logger()
+    history_path = _user_history(cfg, paths, window, state, model_cfg) if model_cfg.history_max_len else None
     result = train_model(
         model_cfg.kind,
         state.model_spec(),
@@ -261,10 +262,22 @@ def train_task(
         item_features_path=paths.work(window, "item_features"),
         holdout_path=holdout,
         feature_state_json=state_json,
+        user_history_path=history_path,
         log=lambda line: logger.info(f"train[{model_cfg.name}/{window}] {line}"),
     )
     return {"name": model_cfg.name, "model_dir": out_dir, "best_epoch": result.best_epoch,
             "factorised": result.factorised, "kind": model_cfg.kind, "objective": model_cfg.objective}
+
+
+def _user_history(cfg: NightrecConfig, paths: RunPaths, window: str, state: features.FeatureState,
+                  model_cfg: ModelConfig) -> str:
+    """Write the users' histories of the window's events (``jobs.history``) for one model; returns the path."""
+    spark = spark_for(cfg)
+    names = ["train"] if window == "eval" else ["train", "holdout"]
+    events = _union([spark.read.parquet(paths.work(n)) for n in names])
+    out = paths.work(window, "user_history", model_cfg.name)
+    history.user_history(events, state, max_len=model_cfg.history_max_len).write.mode("overwrite").parquet(out)
+    return out
 
 
 @task(name="embed", cache_policy=NO_CACHE)

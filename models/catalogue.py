@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from models.data import parquet_files, read_columns, side_columns, to_feed
+from models.data import _to_numpy, parquet_files, read_columns, side_columns, to_feed
 from models.layers import RESERVED_ROWS
 
 
@@ -132,3 +132,26 @@ class NegativeSampler:
         rows = tf.minimum(tf.searchsorted(self.cdf, u, side="right", out_type=tf.int64), last)
         taken = {name: tf.gather(col, rows) for name, col in self.columns.items()}
         return taken, taken[self.item_col]
+
+
+def read_user_history(path: str, user_vocab_size: int, max_len: int) -> np.ndarray:
+    """The users' history lists as the model holds them (``jobs.history.user_history`` output).
+
+    Args:
+        path: Parquet with ``user_idx`` (int) and ``history`` (list<int> of item indices, most recent first).
+        user_vocab_size: rows of the result (the user id vocabulary of the model spec).
+        max_len: columns; longer lists keep their first (most recent) ``max_len`` items.
+
+    Returns:
+        [user_vocab_size, max_len] int32, -1 padded; users absent from the table (and the
+        reserved rows 0, 1) have empty lists.
+    """
+    out = np.full((int(user_vocab_size), int(max_len)), -1, dtype=np.int32)
+    for f in parquet_files(path):
+        table = pq.read_table(f, columns=["user_idx", "history"])
+        rows = table.column("user_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= user_vocab_size):
+            raise ValueError(f"{path}: user_idx outside 0..{user_vocab_size - 1}; was the history built with "
+                             "the same feature state as the model?")
+        out[rows] = _to_numpy(table.column("history"), int(max_len))
+    return out

@@ -22,7 +22,7 @@ TRAINING_PARAMS = frozenset(
 )
 #: Hyper-parameters that apply only with a given implicit loss.
 LOSS_PARAMS = {
-    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives"}),
+    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives", "mask_history"}),
     "sampled_bce": frozenset({"negatives", "negative_ratio"}),
 }
 
@@ -48,7 +48,10 @@ class Kind:
 
 
 _FEATURES = frozenset({"use_id", "use_features", "id_dropout"})
-_TOWER = _FEATURES | {"tower_layers", "normalize", "biases", "dropout"}
+#: The user's history as a user-tower input (``models.two_tower``): list length (0: off), embedding table,
+#: whether the user tower keeps the user-id embedding beside it, input dropout of the history in training.
+HISTORY_PARAMS = frozenset({"history_max_len", "history_embedding", "history_user_id", "history_dropout"})
+_TOWER = _FEATURES | {"tower_layers", "normalize", "biases", "dropout"} | HISTORY_PARAMS
 
 KINDS: dict[str, Kind] = {
     "mf": Kind(
@@ -61,7 +64,8 @@ KINDS: dict[str, Kind] = {
         "two_tower", "s = psi(u) . phi(i),  psi(u) = A x_u + sum_f E_f[x_uf]  (phi alike)",
         {"tower": "linear", "head": "dot"}, _FEATURES | {"biases"}, "in_batch_softmax"),
     "two_tower": Kind(
-        "two_tower", "s = psi(u) . phi(i),  psi, phi = MLP(embeddings, continuous features) [L2-normalised]",
+        "two_tower", "s = psi(u) . phi(i),  psi, phi = MLP(embeddings, continuous features[, mean_{j in h(u)} e_j])"
+        " [L2-normalised]",
         {"tower": "mlp", "head": "dot"}, _TOWER, "in_batch_softmax"),
     "two_tower_dense": Kind(
         "two_tower", "s = rho([psi(u), phi(i)]),  rho = MLP",

@@ -39,7 +39,7 @@ def in_batch_softmax_loss(user_emb, item_emb, item_ids, item_log_q=None, tempera
     return in_batch_softmax_from_scores(logits, item_ids, item_log_q, temperature, weights)
 
 
-def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=1.0, weights=None):
+def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=1.0, weights=None, known=None):
     """The in-batch softmax loss from a score matrix (row b = user b, column j = item of row j).
 
     Any model can supply the matrix (``RecommenderModel.score_matrix`` of the
@@ -52,11 +52,18 @@ def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=
     Args:
         scores: [batch, batch + n_extra].
         item_ids: [batch + n_extra]; item_log_q: [batch + n_extra] or None.
+        known: [batch, batch + n_extra] bool or None: True where the column's item is another known
+            positive of the row's user (e.g. in its history); such negatives are masked out like
+            accidental hits (the row's own positive, the diagonal, is always kept).
 
     Returns:
         Scalar mean cross-entropy of the diagonal (the positives).
     """
     logits = corrected_logits(scores / temperature, item_ids, item_log_q)
+    if known is not None:
+        n = ops.shape(logits)[0]
+        diagonal = ops.equal(ops.arange(n)[:, None], ops.arange(ops.shape(logits)[1])[None, :])
+        logits = ops.where(ops.logical_and(known, ops.logical_not(diagonal)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     per_row = -ops.diagonal(log_probs[:, : ops.shape(log_probs)[0]])
     if weights is not None:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from models.base import expand_rows, group_rows
-from models.catalogue import NegativeSampler, item_counts, read_side_table
+from models.catalogue import NegativeSampler, item_counts, read_side_table, read_user_history
 from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
 from models.evaluation import RankingHoldout, RatingHoldout
 from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES
@@ -66,6 +66,8 @@ class TrainSettings:
             catalogue per batch, added to the batch's own items as negatives
             (mixed negative sampling); the log-Q correction then uses the
             mixture's expected count of each item.
+        mask_history: in-batch softmax, models with a history input: a negative that is in the
+            row user's history (another positive of the user) is masked out like an accidental hit.
         negatives: "uniform" or "popularity" (sampled_bce).
         negative_ratio: sampled negatives per positive (sampled_bce).
         seed: seed of initialisation, shuffling and sampling.
@@ -82,6 +84,7 @@ class TrainSettings:
     temperature: float = 0.1
     log_q: bool = True
     extra_negatives: int = 0
+    mask_history: bool = False
     negatives: str = "uniform"
     negative_ratio: int = 4
     seed: int = 42
@@ -181,6 +184,7 @@ def train_model(
     holdout_path: str | None = None,
     holdout_catalogue_path: str | None = None,
     feature_state_json: str | None = None,
+    user_history_path: str | None = None,
     strategy: tf.distribute.Strategy | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -202,6 +206,8 @@ def train_model(
         holdout_catalogue_path: the items the ranking holdout ranks (default:
             ``item_features_path``), e.g. only new items for a cold-start check.
         feature_state_json: the fitted feature state, saved beside the model.
+        user_history_path: Parquet users' histories (``jobs.history.user_history`` of the
+            examples' window); required by models with ``history_max_len > 0``.
         strategy: tf.distribute strategy (default: the current one).
         log: receives one progress line per epoch.
 
@@ -247,6 +253,14 @@ def train_model(
         optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
         first = to_feed(next(iter_batches(files[:1], columns, 4, shuffle=False)))
         model(first)
+        if getattr(model, "history_max_len", 0):
+            if user_history_path is None:
+                raise ValueError(f"{kind}: history_max_len {model.history_max_len} needs user_history_path "
+                                 "(the users' histories of the training window, jobs.history.user_history)")
+            model.set_history(read_user_history(user_history_path, int(spec["user"]["id"]["vocab_size"]),
+                                                model.history_max_len))
+        if settings.mask_history and not getattr(model, "history_max_len", 0):
+            raise ValueError(f"{kind}: mask_history needs a model with a history input (history_max_len >= 1)")
         optimizer.build(model.trainable_variables)
 
     def objective_loss(batch, step):
@@ -265,8 +279,9 @@ def train_model(
                                                  training=True)
                 scores = tf.concat([scores, extra_scores], axis=1)
                 ids = tf.concat([item_idx, tf.cast(extra_idx, item_idx.dtype)], axis=0)
+            known = model.history_contains(batch, ids) if settings.mask_history else None
             return in_batch_softmax_from_scores(
-                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature
+                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature, known=known
             )
         positive = model.pair_scores(user, item, training=True)
         n = tf.shape(item_idx)[0]

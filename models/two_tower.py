@@ -11,6 +11,17 @@ the score combines them. The seeds' models are named special cases
   (then s is a cosine; the in-batch softmax divides it by a temperature)
 * ``two_tower_dense``: s = rho([psi(u), phi(i)]), rho an MLP (not a dot product).
 
+With ``history_max_len > 0`` (``two_tower``, ``two_tower_dense``) the user
+tower also reads the user's history h(u), the items of the training window
+(``jobs.history.user_history``), as the masked mean of their embeddings
+(Covington et al. 2016, "Deep Neural Networks for YouTube Recommendations"):
+psi(u) = MLP([features of u, mean_{j in h(u)} e_j]). The lists live in the
+model, one row per user index (a non-trainable int weight, saved with it),
+so the user tower still takes only the user's columns and exported user
+embeddings include the history. In training, the example's own item is
+masked out of h(u) before pooling (leave-one-out, as the examples'
+statistics); outside training the whole list is used.
+
 With a dot-product head the model is factorised: ``user_embedding`` /
 ``item_embedding`` fold the biases in (``[p_u, a_u + mu, 1] . [q_i, 1, b_i]``),
 so exported tables score exactly.
@@ -19,13 +30,17 @@ so exported tables score exactly.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from models.base import RecommenderModel, add_sides, dot
-from models.layers import MLP, LinearSide, SideEmbedding, SplitDense, split_mlp_flops
+from models.layers import (MLP, PAD, LinearSide, MaskedMeanPooling, ReservedZerosNormal, SideEmbedding, SplitDense,
+                           split_mlp_flops)
 
 TOWER_MODES = ("id", "linear", "mlp")
 HEADS = ("dot", "dense")
+#: Where the history's item embeddings come from: the item tower's id table, or a table of their own.
+HISTORY_EMBEDDINGS = ("shared", "own")
 
 
 @keras.saving.register_keras_serializable(package="nightrec")
@@ -74,8 +89,13 @@ class Tower(keras.layers.Layer):
             self.embed = SideEmbedding(side_spec, dim, name="features", **common)
         self.mlp = MLP(self.hidden, self.output_dim, dropout=dropout, l2=l2, name="mlp") if mode == "mlp" else None
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, extra=None):
+        """[batch, output_dim]; ``extra`` ([batch, e], mode "mlp") is appended to the MLP's input."""
         x = self.embed(inputs, training=training)
+        if extra is not None:
+            if self.mlp is None:
+                raise ValueError(f"Tower {self.name}: an extra input needs mode 'mlp', not {self.mode!r}")
+            x = ops.concatenate([x, extra], axis=-1)
         if self.mlp is not None:
             x = self.mlp(x, training=training)
         if self.normalize:
@@ -121,13 +141,20 @@ class TwoTowerModel(RecommenderModel):
         head: "dot" (factorised) or "dense" (rho, an MLP over [psi, phi]).
         head_layers: ReLU widths of the dense head.
         kind: the preset name this model was built as (recorded for readers).
+        history_max_len: length of each user's history list (0: no history input; see the module docstring).
+        history_embedding: "shared" (the item tower's id embedding table) or "own" (a separate table).
+        history_user_id: with a history, whether the user tower still embeds the user id (False: the
+            user is represented by the history and the user features only, as in Mult-VAE / YouTube-DNN).
+        history_dropout: in training, each history item is also left out with this probability (the
+            input dropout of Mult-DAE/VAE, Liang et al. 2018), so the tower learns from partial histories.
     """
 
     family = "two_tower"
 
     def __init__(self, spec, embedding_dim=32, hidden=(64,), normalize=False, l2=0.0,
                  tower="mlp", use_id=True, use_features=True, biases=False, head="dot", head_layers=(64,),
-                 id_dropout=0.0, dropout=0.0, output_bias=0.0, kind="two_tower", **kwargs):
+                 id_dropout=0.0, dropout=0.0, output_bias=0.0, kind="two_tower", history_max_len=0,
+                 history_embedding="shared", history_user_id=True, history_dropout=0.0, **kwargs):
         super().__init__(spec, kind=kind, embedding_dim=embedding_dim, use_id=use_id, use_features=use_features, l2=l2,
                          dropout=dropout, id_dropout=id_dropout, output_bias=output_bias, **kwargs)
         if head not in HEADS:
@@ -142,8 +169,22 @@ class TwoTowerModel(RecommenderModel):
         self.head_layers = [int(h) for h in head_layers]
         common = dict(embedding_dim=embedding_dim, output_dim=embedding_dim, hidden=hidden, normalize=normalize, l2=l2,
                       mode=tower, use_id=use_id, use_features=use_features, id_dropout=id_dropout, dropout=dropout)
-        self.user_tower = Tower(spec["user"], name="user_tower", **common)
+        self.history_max_len = int(history_max_len)
+        self.history_embedding = history_embedding
+        self.history_user_id = bool(history_user_id)
+        self.history_dropout = float(history_dropout)
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f"history_dropout must be in [0, 1), got {history_dropout!r}")
+        if not self.history_user_id and not self.history_max_len:
+            raise ValueError("history_user_id False drops the user id in favour of the history; it needs "
+                             "history_max_len >= 1")
+        user_common = {**common, "use_id": use_id and self.history_user_id}
+        self.user_tower = Tower(spec["user"], name="user_tower", **user_common)
         self.item_tower = Tower(spec["item"], name="item_tower", **common)
+        if self.history_max_len < 0:
+            raise ValueError(f"history_max_len must be >= 0 (0: no history), got {history_max_len!r}")
+        if self.history_max_len:
+            self._init_history(spec)
         if self.biases:
             reg = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
             self.user_bias = keras.layers.Embedding(int(spec["user"]["id"]["vocab_size"]), 1,
@@ -160,13 +201,78 @@ class TwoTowerModel(RecommenderModel):
             self.rho_rest = MLP(self.head_layers[1:], 1, dropout=dropout, l2=l2, output_bias=output_bias,
                                 name="rho_rest")
 
+    def _init_history(self, spec):
+        if self.tower != "mlp":
+            raise ValueError(f"{self.kind}: a history input needs MLP towers (tower 'mlp'), not {self.tower!r}")
+        if self.history_embedding not in HISTORY_EMBEDDINGS:
+            raise ValueError(f"history_embedding must be one of {', '.join(HISTORY_EMBEDDINGS)}, "
+                             f"got {self.history_embedding!r}")
+        if self.history_embedding == "shared" and not self.use_id:
+            raise ValueError("history_embedding 'shared' reuses the item id embedding, which use_id=False removes; "
+                             "use history_embedding 'own' or use_id=True")
+        #: [user vocab, history_max_len] item indices of each user index's history, PAD (-1) after its end.
+        self.user_history = self.add_weight(
+            shape=(int(spec["user"]["id"]["vocab_size"]), self.history_max_len), dtype="int32",
+            initializer=keras.initializers.Constant(PAD), trainable=False, name="user_history")
+        if self.history_embedding == "own":
+            reg = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+            self.history_table = keras.layers.Embedding(
+                int(spec["item"]["id"]["vocab_size"]), self.embedding_dim,
+                embeddings_initializer=ReservedZerosNormal(0.05), embeddings_regularizer=reg, name="history_items")
+        self.history_pool = MaskedMeanPooling(name="history_pool")
+        self.history_seed = keras.random.SeedGenerator(17) if self.history_dropout > 0 else None
+
+    def set_history(self, lists):
+        """Fill the users' history lists: ``lists`` [user vocab, history_max_len] int item indices, -1 padded."""
+        if not self.history_max_len:
+            raise ValueError(f"{self.kind}: this model has no history input (history_max_len 0)")
+        shape = tuple(self.user_history.shape)
+        if tuple(lists.shape) != shape:
+            raise ValueError(f"history lists have shape {tuple(lists.shape)}, expected {shape} "
+                             "(user vocabulary size, history_max_len)")
+        self.user_history.assign(ops.cast(lists, "int32"))
+
+    def history_vector(self, inputs, training=False):
+        """Mean embedding of each user's history items: [n, d] (zeros for a user without history).
+
+        In training the row's own item (``inputs[item id]``) is left out of the mean, and each
+        other item with probability ``history_dropout``.
+        """
+        lists = ops.take(self.user_history, ops.cast(inputs[self.spec["user"]["id"]["name"]], "int32"), axis=0)
+        if training:
+            own = ops.cast(inputs[self.spec["item"]["id"]["name"]], "int32")[:, None]
+            drop = ops.equal(lists, own)
+            if self.history_dropout > 0:
+                noise = keras.random.uniform(ops.shape(lists), seed=self.history_seed)
+                drop = ops.logical_or(drop, noise < self.history_dropout)
+            lists = ops.where(drop, ops.full_like(lists, PAD), lists)
+        if self.history_embedding == "own":
+            table = self.history_table
+        else:
+            table = self.item_tower.embed.tables[self.spec["item"]["id"]["name"]]
+        return self.history_pool(lists, table(ops.maximum(lists, 0)))
+
+    def history_contains(self, inputs, item_ids):
+        """Whether each item is in each user's (whole) history: [n users, m items] bool.
+
+        Args:
+            inputs: the users' columns (the user id among them), [n] rows.
+            item_ids: [m] item indices.
+        """
+        lists = tf.sort(tf.gather(self.user_history, tf.cast(inputs[self.spec["user"]["id"]["name"]], tf.int32)),
+                        axis=1)
+        queries = tf.broadcast_to(tf.cast(item_ids, tf.int32)[None, :], [tf.shape(lists)[0], tf.shape(item_ids)[0]])
+        pos = tf.minimum(tf.searchsorted(lists, queries, side="left"), self.history_max_len - 1)
+        return tf.equal(tf.gather(lists, pos, batch_dims=1), queries)
+
     @property
     def factorised(self) -> bool:
         return self.head == "dot"
 
     def user_parts(self, inputs, training=False):
         """{"vec": psi(u) [n, d]; "bias": a_u + mu [n] (biases); "rho": W_p psi(u) [n, h] (dense head)}."""
-        parts = {"vec": self.user_tower(inputs, training=training)}
+        history = self.history_vector(inputs, training=training) if self.history_max_len else None
+        parts = {"vec": self.user_tower(inputs, training=training, extra=history)}
         if self.biases:
             idx = ops.cast(inputs[self.spec["user"]["id"]["name"]], "int32")
             parts["bias"] = self.user_bias(idx)[:, 0] + self.global_bias
@@ -223,7 +329,7 @@ class TwoTowerModel(RecommenderModel):
         tower = self.user_tower if side == "user" else self.item_tower
         names = tower.input_names()
         id_name = self.spec[side]["id"]["name"]
-        if self.biases and id_name not in names:
+        if (self.biases or (side == "user" and self.history_max_len)) and id_name not in names:
             names = [id_name] + names
         return names
 
@@ -236,4 +342,8 @@ class TwoTowerModel(RecommenderModel):
             "biases": self.biases,
             "head": self.head,
             "head_layers": self.head_layers,
+            "history_max_len": self.history_max_len,
+            "history_embedding": self.history_embedding,
+            "history_user_id": self.history_user_id,
+            "history_dropout": self.history_dropout,
         }

@@ -130,3 +130,28 @@ def test_a_dumped_config_parses_again_to_the_same_config():
     assert "loss" not in by_name["mf_rating"] and "temperature" not in by_name["mf_rating"]
     assert by_name["tt_bce"]["negative_ratio"] == 3 and "temperature" not in by_name["tt_bce"]
     assert by_name["ranker"]["candidates"] == 30 and "candidates" not in by_name["deepfm_implicit"]
+
+
+def test_history_keys_are_checked():
+    cfg = parse_config({"models": [{"name": "h", "kind": "two_tower", "history_max_len": 50,
+                                    "history_embedding": "own"}]})
+    assert cfg.models[0].model_params()["history_max_len"] == 50
+    assert cfg.models[0].model_params()["history_embedding"] == "own"
+    assert parse_config({}).models[0].model_params()["history_max_len"] == 0
+    assert "key 'history_max_len' does not apply to kind mf" in _models_error(
+        [{"name": "m", "kind": "mf", "history_max_len": 5}])
+    assert "history_embedding 'own' needs history_max_len >= 1" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_embedding": "own"}])
+    assert "history_embedding 'shared' reuses the item id embedding" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_max_len": 5, "use_id": False}])
+    assert "'models.0.history_max_len': -1" in _models_error([{"name": "h", "history_max_len": -1}])
+    assert "mask_history masks in-batch negatives found in the user's history; it needs history_max_len" in \
+        _models_error([{"name": "h", "kind": "two_tower", "mask_history": True}])
+    assert parse_config({"models": [{"name": "h", "history_max_len": 5, "mask_history": True}]}).models[0] \
+        .train_settings()["mask_history"] is True
+    assert "key 'mask_history' does not apply" in _models_error(
+        [{"name": "h", "kind": "two_tower", "objective": "rating", "history_max_len": 5, "mask_history": True}])
+    assert "history_dropout needs history_max_len >= 1" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_dropout": 0.5}])
+    assert "history_user_id false represents users by their history" in _models_error(
+        [{"name": "h", "kind": "two_tower", "history_user_id": False}])
