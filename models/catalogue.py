@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from models.data import _to_numpy, parquet_files, read_columns, side_columns, to_feed
+from models.data import arrow_columns, parquet_files, read_columns, side_columns, to_feed
 from models.layers import RESERVED_ROWS
 
 
@@ -153,5 +153,5 @@ def read_user_history(path: str, user_vocab_size: int, max_len: int) -> np.ndarr
         if rows.size and (rows.min() < 0 or rows.max() >= user_vocab_size):
             raise ValueError(f"{path}: user_idx outside 0..{user_vocab_size - 1}; was the history built with "
                              "the same feature state as the model?")
-        out[rows] = _to_numpy(table.column("history"), int(max_len))
+        out[rows] = arrow_columns(table, {"history": int(max_len)})["history"]
     return out
