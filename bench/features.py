@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.proc_cpu import tree_cpu_seconds  # noqa: E402
+from bench.proc_cpu import tree_cpu_by_process  # noqa: E402
 from jobs import features, sources, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
@@ -40,12 +40,13 @@ class Steps:
 
     def __init__(self):
         self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self._wall, self._cpu = time.perf_counter(), tree_cpu_seconds()
+        self.cpu: dict[str, dict[str, float]] = {}
+        self._wall, self._cpu = time.perf_counter(), tree_cpu_by_process()
 
     def __call__(self, name: str) -> None:
-        wall, cpu = time.perf_counter(), tree_cpu_seconds()
-        self.wall[name], self.cpu[name] = wall - self._wall, cpu - self._cpu
+        wall, cpu = time.perf_counter(), tree_cpu_by_process()
+        self.wall[name] = wall - self._wall
+        self.cpu[name] = {kind: cpu[kind] - self._cpu[kind] for kind in cpu}
         self._wall, self._cpu = wall, cpu
 
 
@@ -57,11 +58,12 @@ def _feature_stage(spark, folder: str, out: str, as_of: dt.datetime, steps: Step
         train, users, items, user_decls=features.MOVIELENS_USER_FEATURES,
         item_decls=features.MOVIELENS_ITEM_FEATURES, as_of=as_of, on_step=steps,
     )
-    fitted.user_features.write.mode("overwrite").parquet(os.path.join(out, "user_features"))
+    features.write_feature_table(fitted.user_features, os.path.join(out, "user_features"))
     steps("write user_features")
-    fitted.item_features.write.mode("overwrite").parquet(os.path.join(out, "item_features"))
+    features.write_feature_table(fitted.item_features, os.path.join(out, "item_features"))
     steps("write item_features")
-    rows = features.write_training_examples(train, users, items, fitted.state, os.path.join(out, "examples"))
+    rows = features.write_training_examples(train, users, items, fitted.state, os.path.join(out, "examples"),
+                                            tables=fitted)
     steps("examples (item pass + user pass + write)")
     fitted.release()
     return rows, fitted.state
@@ -90,11 +92,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-breakdown", action="store_true", help="skip the untimed examples breakdown")
     parser.add_argument("--source", help="reuse ratings/, users/, items/ Parquet written by an earlier run (--keep)")
     parser.add_argument("--keep", help="write the generated ratings/, users/, items/ to this folder and keep them")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark setting for the session (repeatable), to compare settings")
     args = parser.parse_args(argv)
 
     scratch = tempfile.mkdtemp(prefix="nightrec-bench-features-")
     spark = build_spark(master=args.master, driver_memory=args.driver_memory, shuffle_partitions=8,
-                        local_dir=os.path.join(scratch, "spark"))
+                        local_dir=os.path.join(scratch, "spark"), conf=dict(c.split("=", 1) for c in args.conf))
     per_user = 40.0
     spec = synthetic.SyntheticSpec(
         n_users=max(10, round(args.ratings / per_user)), n_items=max(100, min(20_000, args.ratings // 500)),
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
               f"{os.getloadavg()[0]:.1f}", flush=True)
     wall = walls[-1]
     steps = runs[-1]
-    cpu = sum(steps.cpu.values())
+    cpu = sum(sum(kinds.values()) for kinds in steps.cpu.values())
     cores = int(args.master[len("local["):-1]) if args.master[len("local["):-1].isdigit() else os.cpu_count()
     spec_cols = state.model_spec()
     n_cont = len(spec_cols["user"]["continuous"]) + len(spec_cols["item"]["continuous"])
@@ -133,9 +137,13 @@ def main(argv=None) -> int:
     print(f"CPU used by the driver, the JVM and the Python workers: {cpu:.1f}s; on {cores} otherwise idle cores "
           f"that is at least {cpu / cores:.1f}s wall ({n / (cpu / cores):,.0f} ratings/s at full use)")
     print(f"examples: {rows:,} rows x {n_cont} continuous + ids/categoricals")
-    print(f"sub-stages:{'wall s':>37}{'share':>8}{'CPU s':>9}")
+    print(f"sub-stages:{'wall s':>37}{'share':>8}{'CPU s':>9}{'JVM':>7}{'Python':>8}{'driver':>8}")
     for name, seconds in sorted(steps.wall.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<40} {seconds:7.1f}  {seconds / wall:6.1%}  {steps.cpu[name]:7.1f}")
+        kinds = steps.cpu[name]
+        print(f"  {name:<40} {seconds:7.1f}  {seconds / wall:6.1%}  {sum(kinds.values()):7.1f}{kinds['jvm']:7.1f}"
+              f"{kinds['python workers']:8.1f}{kinds['driver']:8.1f}")
+    if args.conf:
+        print("extra Spark settings:", ", ".join(args.conf))
     if not args.no_breakdown:
         breakdown = _examples_breakdown(spark, folder, state)
         total = steps.wall["examples (item pass + user pass + write)"]

@@ -210,10 +210,11 @@ def features_task(cfg: NightrecConfig, paths: RunPaths, window: str, events_name
         settings=settings,
     )
     state = fitted.state
-    fitted.user_features.write.mode("overwrite").parquet(paths.work(window, "user_features"))
-    fitted.item_features.write.mode("overwrite").parquet(paths.work(window, "item_features"))
+    features.write_feature_table(fitted.user_features, paths.work(window, "user_features"))
+    features.write_feature_table(fitted.item_features, paths.work(window, "item_features"))
     n_examples = features.write_training_examples(
-        events, users, items, state, paths.work(window, "examples"), rows_per_partition=settings.rows_per_partition
+        events, users, items, state, paths.work(window, "examples"), rows_per_partition=settings.rows_per_partition,
+        tables=fitted,
     )
     fitted.release()
     state_path = paths.work(window, "feature_state.json")

@@ -47,7 +47,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -630,15 +630,15 @@ def _n_partitions(spark: SparkSession, rows: int, rows_per_partition: int) -> in
     return max(spark.sparkContext.defaultParallelism, math.ceil(rows / max(1, rows_per_partition)))
 
 
-def _side_passes(
-    spark: SparkSession, state: FeatureState, user_static: DataFrame | None, item_static: DataFrame, fitted: bool
-) -> dict[str, tuple[Any, _SidePass]]:
-    """The broadcast ``_SidePass`` of each side: "user"/"item" -> (broadcast, the pass).
-
-    The static tables are collected once (Arrow) and broadcast; no user pass without ``user_static``.
-    """
+def _static_arrow(user_static: DataFrame | None, item_static: DataFrame) -> dict[str, pa.Table]:
+    """The static tables collected to the driver (Arrow): "item" and, with ``user_static``, "user"."""
     items = item_static.toArrow()
-    statics = {"item": items} if user_static is None else {"user": user_static.toArrow(), "item": items}
+    return {"item": items} if user_static is None else {"user": user_static.toArrow(), "item": items}
+
+
+def _side_passes(spark: SparkSession, state: FeatureState, statics: Mapping[str, pa.Table], fitted: bool
+                 ) -> dict[str, tuple[Any, _SidePass]]:
+    """The broadcast ``_SidePass`` of each side of ``statics``: "user"/"item" -> (broadcast, the pass)."""
     out = {}
     for side, static in statics.items():
         side_pass = _SidePass(
@@ -646,7 +646,7 @@ def _side_passes(
             layout=state.layout(side),
             finalizer=state.finalizer(side) if fitted else None,
             static=static,
-            items=items,
+            items=statics["item"],
             as_of_us=state.as_of_us(),
             example_statistics=state.example_statistics,
         )
@@ -776,12 +776,19 @@ class FeatureTables:
         state: the fitted state.
         user_features, item_features: ``build_side_features`` output for every
             user (item) of the side table or the training events.
+        n_events: the number of training events.
+        statics: "user"/"item" -> the side's static table (``side_static``)
+            collected as Arrow, reused by ``training_examples``.
+        static_schemas: "user"/"item" -> the Spark schema of that table.
     """
 
     state: FeatureState
     user_features: DataFrame
     item_features: DataFrame
     cached: list[DataFrame] = dataclasses.field(default_factory=list)
+    n_events: int = 0
+    statics: dict[str, pa.Table] = dataclasses.field(default_factory=dict)
+    static_schemas: dict[str, T.StructType] = dataclasses.field(default_factory=dict)
 
     def release(self) -> None:
         """Drop the cached entity frames (after the tables are written)."""
@@ -823,7 +830,15 @@ def fit_transform(
     affinity_decl = next(
         (d for d in item_decls if d.column == settings.affinity_column and d.kind == "multi_categorical"), None
     )
-    id_vocab = {key: sorted(r[0] for r in train.select(key).distinct().collect()) for key in ("user_id", "item_id")}
+    # One aggregation gives the user ids and the window's totals; the item ids come from a second.
+    per_user = train.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n"), F.sum("rating").alias("rating_sum"), F.count("rating").alias("n_rated"),
+        F.max("ts").alias("last_ts"),
+    ).toArrow()
+    id_vocab = {
+        "user_id": sorted(per_user["user_id"].to_pylist()),
+        "item_id": sorted(train.select("item_id").distinct().toArrow()["item_id"].to_pylist()),
+    }
     id_frames = {key: _ids(spark, vocab, train.schema[key]).cache() for key, vocab in id_vocab.items()}
     user_ids, item_ids = id_frames["user_id"], id_frames["item_id"]
     for side, key, table, decls in (("user", "user_id", users, user_decls), ("item", "item_id", items, item_decls)):
@@ -840,11 +855,16 @@ def fit_transform(
             if d is affinity_decl:
                 by_use = sorted(counts.get(name, {}).items(), key=lambda vn: (-vn[1], vn[0]))
                 affinity = sorted(v for v, _ in by_use[:MAX_AFFINITY_VALUES])
-    global_mean, next_day, n_train = train.agg(
-        F.avg("rating"), F.date_add(F.to_date(F.max("ts")), 1), F.count(F.lit(1))
-    ).first()
+    n_train = int(pc.sum(per_user["n"]).as_py() or 0)
+    n_rated = int(pc.sum(per_user["n_rated"]).as_py() or 0)
+    global_mean = pc.sum(per_user["rating_sum"]).as_py() / n_rated if n_rated else None
+    last_ts = pc.max(per_user["last_ts"]).as_py()
     if as_of is None:
-        as_of = dt.datetime.combine(next_day or dt.date(1970, 1, 1), dt.time(), tzinfo=dt.timezone.utc)
+        if last_ts is None:
+            last_day = dt.date(1969, 12, 31)
+        else:  # the UTC day (a timestamp_ntz column comes back naive)
+            last_day = (last_ts if last_ts.tzinfo is None else last_ts.astimezone(dt.timezone.utc)).date()
+        as_of = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
     state = FeatureState(
         user_vocab=id_vocab["user_id"],
         item_vocab=id_vocab["item_id"],
@@ -864,7 +884,8 @@ def fit_transform(
     partitions = _n_partitions(spark, n_train, settings.rows_per_partition)
     item_static = side_static(item_ids, items, state, "item").cache()
     user_static = side_static(user_ids, users, state, "user").cache()
-    passes = _side_passes(spark, state, user_static, item_static, fitted=False)
+    statics = _static_arrow(user_static, item_static)
+    passes = _side_passes(spark, state, statics, fitted=False)
     raw_frames = {}
     for side, static in (("user", user_static), ("item", item_static)):
         bc, side_pass = passes[side]
@@ -882,7 +903,10 @@ def fit_transform(
         step(f"fit {side} statistics, scalers, imputer")
     tables = {side: _finalize_entities(frame, state, side, static) for side, (frame, static) in raw_frames.items()}
     cached = [user_ids, item_ids, item_static, user_static] + [frame for frame, _ in raw_frames.values()]
-    return FeatureTables(state=state, user_features=tables["user"], item_features=tables["item"], cached=cached)
+    return FeatureTables(
+        state=state, user_features=tables["user"], item_features=tables["item"], cached=cached, n_events=n_train,
+        statics=statics, static_schemas={"user": user_static.schema, "item": item_static.schema},
+    )
 
 
 def fit_feature_state(train: DataFrame, users: DataFrame | None, items: DataFrame | None, **kwargs) -> FeatureState:
@@ -927,19 +951,26 @@ def build_side_features(
     ids = {s: events.select(f"{s}_id").distinct() for s in ("user", "item")}
     item_static = side_static(ids["item"], items if side == "user" else table, state, "item")
     static = item_static if side == "item" else side_static(ids["user"], table, state, "user")
-    bc, side_pass = _side_passes(spark, state, static if side == "user" else None, item_static, fitted=True)[side]
+    statics = _static_arrow(static if side == "user" else None, item_static)
+    bc, side_pass = _side_passes(spark, state, statics, fitted=True)[side]
     totals = _totals(events, bc, side_pass, static, _n_partitions(spark, events.count(), rows_per_partition))
     return _finalize_entities(_with_totals(static, totals, side), state, side, static)
 
 
 def _example_passes(
-    train: DataFrame, users: DataFrame | None, items: DataFrame | None, state: FeatureState, rows_per_partition: int
+    train: DataFrame,
+    users: DataFrame | None,
+    items: DataFrame | None,
+    state: FeatureState,
+    rows_per_partition: int,
+    tables: FeatureTables | None = None,
 ) -> tuple[DataFrame, Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]], T.StructType]:
     """The two leakage-safe passes: items (by item, by time), then users (by user, by time).
 
     Only the ids and the packed numbers of the item pass cross the second
     shuffle; the user pass looks the static item columns up in the broadcast
-    item table.
+    item table. ``tables`` (the ``fit_transform`` output ``state`` comes from)
+    saves building and collecting the static tables and counting the events again.
 
     Returns:
         (the item pass's output partitioned by user, the user pass as a
@@ -947,10 +978,21 @@ def _example_passes(
     """
     spark = train.sparkSession
     events = train.select("user_id", "item_id", "rating", "ts")
-    partitions = _n_partitions(spark, events.count(), rows_per_partition)
-    item_static = side_static(_ids(spark, state.item_vocab, train.schema["item_id"]), items, state, "item")
-    user_static = side_static(_ids(spark, state.user_vocab, train.schema["user_id"]), users, state, "user")
-    passes = _side_passes(spark, state, user_static, item_static, fitted=True)
+    if tables is not None and tables.statics.keys() == {"user", "item"}:
+        fitted = tables.state
+        if (fitted.user_vocab, fitted.item_vocab, fitted.vocabs, fitted.affinity) != (
+            state.user_vocab, state.item_vocab, state.vocabs, state.affinity
+        ):
+            raise ValueError("training examples: `tables` come from another fit than `state` (their vocabularies "
+                             "differ); pass the fit_transform output the state comes from, or no tables")
+        statics, schemas, n_events = tables.statics, tables.static_schemas, tables.n_events
+    else:
+        item_static = side_static(_ids(spark, state.item_vocab, train.schema["item_id"]), items, state, "item")
+        user_static = side_static(_ids(spark, state.user_vocab, train.schema["user_id"]), users, state, "user")
+        statics = _static_arrow(user_static, item_static)
+        schemas, n_events = {"user": user_static.schema, "item": item_static.schema}, events.count()
+    partitions = _n_partitions(spark, n_events, rows_per_partition)
+    passes = _side_passes(spark, state, statics, fitted=True)
     (item_bc, item_pass), (user_bc, user_pass) = passes["item"], passes["user"]
     packed = _struct([train.schema["user_id"], train.schema["item_id"], T.StructField(PACKED_COL, T.BinaryType())])
     with_items = events.repartition(partitions, "item_id").mapInArrow(
@@ -958,8 +1000,8 @@ def _example_passes(
     )
     floats = lambda names: [T.StructField(n, T.FloatType()) for n in names]  # noqa: E731
     fields = [train.schema["user_id"], train.schema["item_id"], T.StructField("rating", T.FloatType()), train.schema["ts"]]
-    fields += [user_static.schema[c] for c in user_pass.static_columns()] + floats(user_pass.finalizer.names)
-    fields += [item_static.schema[c] for c in item_pass.static_columns()] + floats(item_pass.finalizer.names)
+    fields += [schemas["user"][c] for c in user_pass.static_columns()] + floats(user_pass.finalizer.names)
+    fields += [schemas["item"][c] for c in item_pass.static_columns()] + floats(item_pass.finalizer.names)
     columns, record, item_names = [f.name for f in fields], item_pass.packed_type(), item_pass.finalizer.names
 
     def user_examples(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -975,6 +1017,7 @@ def training_examples(
     state: FeatureState,
     *,
     rows_per_partition: int = 500_000,
+    tables: FeatureTables | None = None,
 ) -> DataFrame:
     """One leakage-safe example per training event.
 
@@ -983,13 +1026,14 @@ def training_examples(
     (``state.example_statistics``: all of the window's but the example's
     own, or those strictly before its timestamp), then imputed and scaled
     with the state's training-window values; the static columns are the same
-    as in the feature tables.
+    as in the feature tables. Pass ``tables``, the ``fit_transform`` output
+    ``state`` comes from, to reuse its static tables.
 
     Returns:
         DataFrame[user_id, item_id, rating: float, ts, the user columns of
         the spec, the item columns of the spec].
     """
-    shuffled, user_examples, schema = _example_passes(train, users, items, state, rows_per_partition)
+    shuffled, user_examples, schema = _example_passes(train, users, items, state, rows_per_partition, tables)
     return shuffled.mapInArrow(user_examples, schema)
 
 
@@ -1008,6 +1052,20 @@ def join_features(events: DataFrame, user_features: DataFrame, item_features: Da
     return rows.join(user_features, on="user_id", how="inner").join(item_features, on="item_id", how="inner")
 
 
+def write_feature_table(frame: DataFrame, path: str) -> None:
+    """Write a feature table (``user_features``/``item_features``) as Parquet at ``path``, replacing it.
+
+    Float columns are written without dictionary encoding: statistics are
+    nearly all distinct, so the dictionary is built, hashed and dropped again
+    (a fallback) for nothing; ids and categoricals keep it.
+    """
+    writer = frame.write.mode("overwrite")
+    for field in frame.schema.fields:
+        if isinstance(field.dataType, (T.FloatType, T.DoubleType)):
+            writer = writer.option(f"parquet.enable.dictionary#{field.name}", "false")
+    writer.parquet(path)
+
+
 def _local_dir(path: str) -> str | None:
     if path.startswith("file://"):
         return path[len("file://"):]
@@ -1024,6 +1082,7 @@ def write_training_examples(
     path: str,
     *,
     rows_per_partition: int = 500_000,
+    tables: FeatureTables | None = None,
 ) -> int:
     """Write ``training_examples`` as Parquet at ``path``; returns the number of rows.
 
@@ -1034,10 +1093,10 @@ def write_training_examples(
     """
     local = _local_dir(path)
     if local is None:
-        examples = training_examples(train, users, items, state, rows_per_partition=rows_per_partition)
+        examples = training_examples(train, users, items, state, rows_per_partition=rows_per_partition, tables=tables)
         examples.write.mode("overwrite").parquet(path)
         return examples.sparkSession.read.parquet(path).count()
-    shuffled, user_examples, _ = _example_passes(train, users, items, state, rows_per_partition)
+    shuffled, user_examples, _ = _example_passes(train, users, items, state, rows_per_partition, tables)
     local = os.path.abspath(local)
     if os.path.exists(local):
         shutil.rmtree(local)

@@ -71,6 +71,7 @@ def fitted(spark):
         "examples_loo": features.training_examples(train, users, items, out.state).toPandas(),
         "point_in_time_state": point_in_time,
         "tables": (train, users, items),
+        "fitted_tables": out,
     }
 
 
@@ -282,6 +283,68 @@ def test_fast_parquet_writer_writes_the_same_examples(spark, fitted, tmp_path):
     got = written[expected.columns].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got.drop(columns=["item_genres"]), expected.drop(columns=["item_genres"]))
     assert [list(g) for g in got.item_genres] == [list(g) for g in expected.item_genres]
+
+
+def test_examples_reuse_the_fitted_static_tables(spark, fitted):
+    train, users, items = fitted["tables"]
+    out = fitted["fitted_tables"]
+    assert out.n_events == len(_events())
+    assert set(out.statics) == {"user", "item"}
+    reused = features.training_examples(train, users, items, fitted["point_in_time_state"], tables=out).toPandas()
+    key = ["user_id", "item_id", "ts", "rating"]
+    expected = fitted["examples"].sort_values(key).reset_index(drop=True)
+    got = reused[expected.columns].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.drop(columns=["item_genres"]), expected.drop(columns=["item_genres"]))
+
+
+def test_examples_refuse_tables_of_another_fit(spark, fitted):
+    train, users, items = fitted["tables"]
+    fewer = train.filter("user_id != 99")
+    other = features.fit_transform(fewer, users, items, user_decls=USER_DECLS, item_decls=ITEM_DECLS, as_of=AS_OF)
+    with pytest.raises(ValueError, match="another fit"):
+        features.training_examples(fewer, users, items, other.state, tables=fitted["fitted_tables"])
+
+
+def test_window_end_defaults_to_midnight_after_the_last_event(spark):
+    events = _events()
+    last = max(ts for *_, ts in events)
+    expected = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    train = spark.createDataFrame(events, EVENTS_SCHEMA)
+    state = features.fit_transform(train, None, None, user_decls=(), item_decls=()).state
+    assert dt.datetime.fromisoformat(state.as_of) == expected
+    assert state.global_mean == pytest.approx(np.mean([r for _, _, r, _ in events if r is not None]))
+    assert state.user_vocab == sorted({u for u, *_ in events})
+    assert state.item_vocab == sorted({i for _, i, *_ in events})
+
+
+def test_feature_tables_are_written_without_float_dictionaries(spark, fitted, tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "user_features"
+    frame = fitted["fitted_tables"].user_features
+    features.write_feature_table(frame, str(path))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(path).set_index("user_id").sort_index()[fitted["users"].columns],
+        fitted["users"].sort_index(),
+    )
+    float_columns = {f.name for f in frame.schema.fields if f.dataType.typeName() in ("float", "double")}
+    assert "user_rating_mean" in float_columns
+
+    def dictionary_columns(folder):
+        out = set()
+        for part in folder.glob("part-*.parquet"):
+            meta = pq.ParquetFile(part).metadata
+            for g in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    column = meta.row_group(g).column(c)
+                    if any("DICTIONARY" in e for e in column.encodings):
+                        out.add(column.path_in_schema)
+        return out
+
+    assert not dictionary_columns(path) & float_columns
+    # Spark's default writer would have used dictionaries for (some of) them
+    frame.write.parquet(str(tmp_path / "default"))
+    assert dictionary_columns(tmp_path / "default") & float_columns
 
 
 def test_min_count_sends_rare_categories_to_unseen(spark):
