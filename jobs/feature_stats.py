@@ -8,7 +8,9 @@ compute a statistic differently:
   training examples: an example never sees its own rating, nor any event at
   the same instant);
 * ``total_sufficient``: for every entity, the sufficient statistics of all its
-  events (the scoring-time features at the end of the window);
+  events (the scoring-time features at the end of the window), or of a block
+  of them: ``combine_sufficient`` adds blocks up (partial totals computed
+  before the shuffle, so that one row per entity and block crosses it);
 * ``leave_one_out_sufficient``: for every event, the sufficient statistics of
   all the same entity's events except that one (training examples whose
   statistics match the scoring-time ones but never contain their own label).
@@ -277,6 +279,43 @@ def total_sufficient(
         k=len(grid),
         g=n_genres,
     )
+
+
+def sufficient_record(k: int, g: int) -> np.dtype:
+    """One entity's sufficient statistics as a packed record (K grid bins, G affinity values), all float64."""
+    scalars = ("n_events", "n_rated", "rating_sum", "rating_sumsq", "first_ts", "last_ts")
+    return np.dtype([(name, "<f8") for name in scalars] + [("hist", "<f8", (k,))]
+                    + [(name, "<f8", (g,)) for name in ("genre_events", "genre_rated", "genre_sum")])
+
+
+def pack_sufficient(suff: Sufficient, record: np.dtype) -> np.ndarray:
+    """Per-row sufficient statistics -> [n] structured array of ``record`` (``sufficient_record``)."""
+    out = np.empty(len(suff.n_events), dtype=record)
+    for name in record.names:
+        out[name] = getattr(suff, name)
+    return out
+
+
+def combine_sufficient(codes: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, Sufficient]:
+    """Per entity: the sufficient statistics of the union of its parts (disjoint sets of its events).
+
+    Args:
+        codes: [n] entity codes, sorted ascending.
+        parts: [n] structured array of ``sufficient_record`` (each part has >= 1 event).
+
+    Returns:
+        (starts, stats) as ``total_sufficient``: the index of each entity's first part and its statistics.
+    """
+    n = len(codes)
+    new_entity = np.ones(n, dtype=bool)
+    new_entity[1:] = codes[1:] != codes[:-1]
+    starts = np.flatnonzero(new_entity)
+    if not n:
+        return starts, Sufficient(**{name: parts[name] for name in parts.dtype.names})
+    total = {name: np.add.reduceat(parts[name], starts, axis=0) for name in parts.dtype.names}
+    total["first_ts"] = np.minimum.reduceat(parts["first_ts"], starts)
+    total["last_ts"] = np.maximum.reduceat(parts["last_ts"], starts)
+    return starts, Sufficient(**total)
 
 
 def statistics(suff: Sufficient, ref_ts: np.ndarray | float, layout: StatLayout) -> dict[str, np.ndarray]:

@@ -63,6 +63,8 @@ NULL_INDEX = 0
 UNSEEN_INDEX = 1
 FIRST_INDEX = 2
 _MAP_LITERAL_LIMIT = 5000
+# The totals' map side adds up blocks of about this many events per entity before the shuffle.
+PARTIAL_BLOCK_ROWS = 4_000_000
 #: Genre affinity uses a 63-bit mask per item: at most this many values (the most frequent).
 MAX_AFFINITY_VALUES = 63
 MASK_COL = "_affinity_mask"
@@ -354,11 +356,18 @@ def _entity_base(ids: DataFrame, table: DataFrame | None, key: str) -> DataFrame
     return table.join(ids, on=key, how="full_outer")
 
 
-def _ids(spark: SparkSession, values: Sequence, field: T.StructField) -> DataFrame:
-    """A one-column DataFrame of ids (e.g. a vocabulary) with the type of ``field``."""
+def _ids(spark: SparkSession, values: Sequence, field: T.StructField, index: str | None = None) -> DataFrame:
+    """A DataFrame of ids (e.g. a vocabulary) with the type of ``field``.
+
+    With ``index``, a second column of that name holds each id's vocabulary
+    index (``values`` must then be the vocabulary itself: FIRST_INDEX, FIRST_INDEX + 1, ...).
+    """
     arrow_type = pa.int64() if isinstance(field.dataType, T.IntegralType) else pa.string()
-    table = pa.table({field.name: pa.array(list(values), type=arrow_type)})
-    return spark.createDataFrame(table).select(F.col(field.name).cast(field.dataType))
+    columns = {field.name: pa.array(list(values), type=arrow_type)}
+    if index:
+        columns[index] = pa.array(np.arange(FIRST_INDEX, FIRST_INDEX + len(values), dtype=np.int32))
+    out = [F.col(field.name).cast(field.dataType)] + ([F.col(index)] if index else [])
+    return spark.createDataFrame(pa.table(columns)).select(*out)
 
 
 def _affinity_mask(col, values: Sequence, separator: str):
@@ -381,7 +390,9 @@ def side_static(ids: DataFrame, table: DataFrame | None, state: FeatureState, si
     """Every user (or item) of ``table`` or ``ids`` with its encoded non-history columns.
 
     Args:
-        ids: DataFrame[{side}_id] of the entities with events (one row each).
+        ids: DataFrame[{side}_id] of the entities with events (one row each),
+            or DataFrame[{side}_id, {side}_idx] when they are the whole
+            vocabulary (``_ids(..., index=...)``: no lookup needed).
 
     Returns:
         DataFrame[{side}_id, {side}_idx: int, one column per declared feature
@@ -393,7 +404,11 @@ def side_static(ids: DataFrame, table: DataFrame | None, state: FeatureState, si
     decls = state.side_decls(side)
     vocab = state.user_vocab if side == "user" else state.item_vocab
     frame = _entity_base(ids, table, key)
-    frame = encode_categorical(frame, FeatureDecl(key, "categorical"), vocab, f"{side}_idx")
+    if f"{side}_idx" in ids.columns:  # entities only in the side table are unseen
+        index = F.when(F.col(key).isNull(), F.lit(NULL_INDEX)).otherwise(F.coalesce(f"{side}_idx", F.lit(UNSEEN_INDEX)))
+        frame = frame.withColumn(f"{side}_idx", index.cast("int"))
+    else:
+        frame = encode_categorical(frame, FeatureDecl(key, "categorical"), vocab, f"{side}_idx")
     out = [F.col(key), F.col(f"{side}_idx")]
     for d in decls:
         name = f"{side}_{d.column}"
@@ -455,6 +470,28 @@ def _table(batches: Iterator[pa.RecordBatch]) -> pa.Table | None:
     return pa.Table.from_batches(batches) if batches else None
 
 
+def _blocks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """The batches regrouped into tables of at least ``rows`` rows (the last may be smaller; none empty)."""
+    pending, n = [], 0
+    for batch in batches:
+        if batch.num_rows:
+            pending.append(batch)
+            n += batch.num_rows
+        if n >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, n = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def _binary(records: np.ndarray) -> pa.Array:
+    """[n] structured array -> binary array of n values of ``records.dtype.itemsize`` bytes each."""
+    size = records.dtype.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(size), len(records), [None, pa.py_buffer(np.ascontiguousarray(records).tobytes())]
+    ).cast(pa.binary())
+
+
 def _nullable(values: np.ndarray) -> pa.Array:
     """float64 with NaN as null."""
     return pa.array(values, type=pa.float64(), from_pandas=True)
@@ -505,20 +542,46 @@ class _SidePass:
             return np.zeros(len(item_positions), dtype=np.int64)
         return self.items[MASK_COL].to_numpy()[item_positions]
 
+    def sufficient_record(self) -> np.dtype:
+        return fs.sufficient_record(len(self.layout.grid), len(self.layout.affinity))
+
+    def partial_totals(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Map side of the totals, on events in any order: ({side}_id, _packed) per entity of each block.
+
+        _packed is the entity's sufficient statistics over the block's events
+        (``sufficient_record``); blocks of ``PARTIAL_BLOCK_ROWS`` events bound the memory.
+        """
+        keys = self.static[self.key].combine_chunks()
+        grid = np.asarray(self.layout.grid)
+        record = self.sufficient_record()
+        for table in _blocks(batches, PARTIAL_BLOCK_ROWS):
+            codes = _positions(table[self.key], keys, self.side)
+            order = np.argsort(codes, kind="stable")
+            codes, ts, rating = codes[order], _ts_us(table["ts"])[order], _float(table["rating"])[order]
+            mask = self._masks(_positions(table["item_id"], self.items["item_id"].combine_chunks(), "item")[order])
+            for lo, hi in fs.chunks(codes, fs.CHUNK_ROWS):
+                starts, suff = fs.total_sufficient(
+                    codes[lo:hi], ts[lo:hi], rating[lo:hi], grid, mask[lo:hi], len(self.layout.affinity)
+                )
+                ids = keys.take(pa.array(codes[lo:hi][starts]))
+                yield pa.RecordBatch.from_arrays([ids, _binary(fs.pack_sufficient(suff, record))],
+                                                 names=[self.key, PACKED_COL])
+
     def totals(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """Per entity of the partition: {side}_id and its raw statistics over all its events."""
+        """Reduce side of the totals: per entity of the partition, {side}_id and its raw statistics.
+
+        Input: ``partial_totals`` rows, partitioned by entity.
+        """
         table = _table(batches)
         if table is None:
             return
-        _, codes, ts, rating, items = self._sorted_events(table)
-        mask = self._masks(items)
-        grid = np.asarray(self.layout.grid)
-        names = self.layout.names()
         keys = self.static[self.key].combine_chunks()
+        codes = _positions(table[self.key], keys, self.side)
+        order = np.argsort(codes, kind="stable")
+        codes, parts = codes[order], _unpack(table[PACKED_COL], self.sufficient_record())[order]
+        names = self.layout.names()
         for lo, hi in fs.chunks(codes, fs.CHUNK_ROWS):
-            starts, suff = fs.total_sufficient(
-                codes[lo:hi], ts[lo:hi], rating[lo:hi], grid, mask[lo:hi], len(self.layout.affinity)
-            )
+            starts, suff = fs.combine_sufficient(codes[lo:hi], parts[lo:hi])
             stats = fs.statistics(suff, float(self.as_of_us), self.layout)
             ids = keys.take(pa.array(codes[lo:hi][starts]))
             yield pa.RecordBatch.from_arrays([ids] + [_nullable(stats[n]) for n in names], names=[self.key] + names)
@@ -564,12 +627,9 @@ class _SidePass:
             packed["ts"], packed["rating"] = ts[lo:hi], rating[lo:hi]
             for j, name in enumerate(self.finalizer.names):
                 packed["stats"][:, j] = cont[name]
-            binary = pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(record.itemsize), hi - lo, [None, pa.py_buffer(packed.tobytes())]
-            ).cast(pa.binary())
             yield pa.RecordBatch.from_arrays(
                 [table["user_id"].slice(lo, hi - lo).combine_chunks(), table["item_id"].slice(lo, hi - lo).combine_chunks(),
-                 binary],
+                 _binary(packed)],
                 names=["user_id", "item_id", PACKED_COL],
             )
 
@@ -654,15 +714,32 @@ def _side_passes(spark: SparkSession, state: FeatureState, statics: Mapping[str,
     return out
 
 
-def _totals(events: DataFrame, bc, side_pass: _SidePass, static: DataFrame, partitions: int) -> DataFrame:
-    """DataFrame[{side}_id, raw statistics (double, null where undefined)] over ``events``."""
+def _totals(
+    events: DataFrame, bc, side_pass: _SidePass, static: DataFrame, partitions: int, n_events: int,
+    pre_aggregate: bool | None = None,
+) -> DataFrame:
+    """DataFrame[{side}_id, raw statistics (double, null where undefined)] over ``events``.
+
+    Each block of events is first added up per entity
+    (``_SidePass.partial_totals``), then the partial sums of an entity are
+    combined (``_SidePass.totals``). With ``pre_aggregate`` (default: when
+    the partial sums are expected to be fewer than half the events) the
+    blocks are the input partitions' and only the partial sums are shuffled
+    by entity; without it the events are shuffled.
+    """
     key_field = static.schema[side_pass.key]
+    partial = _struct([key_field, T.StructField(PACKED_COL, T.BinaryType())])
     schema = _struct([key_field] + [T.StructField(n, T.DoubleType()) for n in side_pass.layout.names()])
-    return (
-        events.select("user_id", "item_id", "rating", "ts")
-        .repartition(partitions, side_pass.key)
-        .mapInArrow(lambda batches: bc.value.totals(batches), schema)
-    )
+    events = events.select("user_id", "item_id", "rating", "ts")
+    if pre_aggregate is None:
+        blocks = events.rdd.getNumPartitions() + n_events // PARTIAL_BLOCK_ROWS
+        pre_aggregate = side_pass.static.num_rows * blocks <= n_events // 2
+    to_partial = lambda batches: bc.value.partial_totals(batches)  # noqa: E731
+    if pre_aggregate:
+        parts = events.mapInArrow(to_partial, partial).repartition(partitions, side_pass.key)
+    else:
+        parts = events.repartition(partitions, side_pass.key).mapInArrow(to_partial, partial)
+    return parts.mapInArrow(lambda batches: bc.value.totals(batches), schema)
 
 
 def _with_totals(static: DataFrame, totals: DataFrame, side: str) -> DataFrame:
@@ -839,7 +916,8 @@ def fit_transform(
         "user_id": sorted(per_user["user_id"].to_pylist()),
         "item_id": sorted(train.select("item_id").distinct().toArrow()["item_id"].to_pylist()),
     }
-    id_frames = {key: _ids(spark, vocab, train.schema[key]).cache() for key, vocab in id_vocab.items()}
+    id_frames = {key: _ids(spark, vocab, train.schema[key], index=key.replace("_id", "_idx")).cache()
+                 for key, vocab in id_vocab.items()}
     user_ids, item_ids = id_frames["user_id"], id_frames["item_id"]
     for side, key, table, decls in (("user", "user_id", users, user_decls), ("item", "item_id", items, item_decls)):
         if table is None:
@@ -889,7 +967,7 @@ def fit_transform(
     raw_frames = {}
     for side, static in (("user", user_static), ("item", item_static)):
         bc, side_pass = passes[side]
-        totals = _totals(train, bc, side_pass, static, partitions)
+        totals = _totals(train, bc, side_pass, static, partitions, n_train)
         frame = _with_totals(static, totals, side).cache()
         declared = [f"{side}_{d.column}" for d in state.side_decls(side) if d.kind == "continuous"]
         names = side_pass.layout.names() + declared
@@ -953,7 +1031,8 @@ def build_side_features(
     static = item_static if side == "item" else side_static(ids["user"], table, state, "user")
     statics = _static_arrow(static if side == "user" else None, item_static)
     bc, side_pass = _side_passes(spark, state, statics, fitted=True)[side]
-    totals = _totals(events, bc, side_pass, static, _n_partitions(spark, events.count(), rows_per_partition))
+    n_events = events.count()
+    totals = _totals(events, bc, side_pass, static, _n_partitions(spark, n_events, rows_per_partition), n_events)
     return _finalize_entities(_with_totals(static, totals, side), state, side, static)
 
 
@@ -987,8 +1066,10 @@ def _example_passes(
                              "differ); pass the fit_transform output the state comes from, or no tables")
         statics, schemas, n_events = tables.statics, tables.static_schemas, tables.n_events
     else:
-        item_static = side_static(_ids(spark, state.item_vocab, train.schema["item_id"]), items, state, "item")
-        user_static = side_static(_ids(spark, state.user_vocab, train.schema["user_id"]), users, state, "user")
+        item_static = side_static(_ids(spark, state.item_vocab, train.schema["item_id"], "item_idx"), items, state,
+                                  "item")
+        user_static = side_static(_ids(spark, state.user_vocab, train.schema["user_id"], "user_idx"), users, state,
+                                  "user")
         statics = _static_arrow(user_static, item_static)
         schemas, n_events = {"user": user_static.schema, "item": item_static.schema}, events.count()
     partitions = _n_partitions(spark, n_events, rows_per_partition)

@@ -65,6 +65,38 @@ def test_totals_and_genre_affinity():
     assert stats["user_genre_mean_drama"][0] == 2.0    # the unrated Drama event has no rating
 
 
+def test_partial_totals_combine_to_the_hand_worked_totals():
+    # the events of test_totals_and_genre_affinity split into two blocks, plus entity 5 in the second only
+    mask_of = {0: 0b01, 1: 0b11, 2: 0b10}
+    blocks = [
+        (np.array([3]), np.array([DAY]), np.array([2.0]), np.array([mask_of[1]])),
+        (np.array([3, 3, 5]), np.array([2 * DAY, 0, DAY]), np.array([np.nan, 4.0, 5.0]),
+         np.array([mask_of[2], mask_of[0], mask_of[0]])),
+    ]
+    record = fs.sufficient_record(len(GRID), 2)
+    codes, parts = [], []
+    for c, t, r, m in blocks:
+        order = np.argsort(c, kind="stable")
+        starts, suff = fs.total_sufficient(c[order], t[order], r[order], GRID, m[order], 2)
+        codes.append(c[order][starts])
+        parts.append(fs.pack_sufficient(suff, record))
+    codes, parts = np.concatenate(codes), np.concatenate(parts)
+    order = np.argsort(codes, kind="stable")
+    starts, suff = fs.combine_sufficient(codes[order], parts[order])
+    layout = fs.StatLayout("user", (0.1, 0.9), tuple(GRID), ("action", "drama"))
+    stats = fs.statistics(suff, 4.0 * DAY, layout)
+    assert len(starts) == 2  # entities 3 and 5
+    assert list(stats["user_rating_count"]) == [3, 1]
+    assert list(stats["user_rating_mean"]) == [3.0, 5.0]
+    assert (stats["user_rating_p10"][0], stats["user_rating_p90"][0]) == (2.0, 4.0)
+    assert list(stats["user_days_since_first"]) == [4.0, 3.0]
+    assert list(stats["user_days_since_last"]) == [2.0, 3.0]
+    assert stats["user_genre_share_action"][0] == pytest.approx(2 / 3)
+    assert stats["user_genre_share_drama"][0] == pytest.approx(2 / 3)
+    assert (stats["user_genre_mean_action"][0], stats["user_genre_mean_drama"][0]) == (3.0, 2.0)
+    assert stats["user_genre_share_drama"][1] == 0.0 and np.isnan(stats["user_genre_mean_drama"][1])
+
+
 def test_ratings_snap_down_to_the_grid():
     assert list(fs.rating_bins(np.array([0.5, 1.0, 2.7, 5.0, 9.0, np.nan]), GRID)) == [0, 0, 1, 4, 4, -1]
 

@@ -174,6 +174,26 @@ def test_every_statistic_matches_pandas(fitted, side):
                 entity, name)
 
 
+@pytest.mark.parametrize("pre_aggregate", [True, False])
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_raw_totals_match_pandas_with_and_without_map_side_partial_sums(spark, fitted, side, pre_aggregate):
+    train, users, items = fitted["tables"]
+    state = fitted["state"]
+    many = train.repartition(5)  # several partial sums per entity
+    item_static = features.side_static(items.select("item_id").distinct(), items, state, "item")
+    user_static = features.side_static(users.select("user_id").distinct(), users, state, "user")
+    statics = features._static_arrow(user_static, item_static)
+    bc, side_pass = features._side_passes(spark, state, statics, fitted=False)[side]
+    static = user_static if side == "user" else item_static
+    got = features._totals(many, bc, side_pass, static, 3, len(_events()), pre_aggregate=pre_aggregate).toPandas()
+    expected = ref_entity_stats(side, AFFINITY if side == "user" else ())
+    got = got.set_index(f"{side}_id").sort_index()
+    assert list(got.index) == list(expected.index)
+    for name in expected.columns:
+        np.testing.assert_allclose(got[name].to_numpy(float), expected[name].to_numpy(float), rtol=1e-9, atol=1e-9,
+                                   err_msg=name)
+
+
 def test_entities_without_history_get_imputed_statistics_and_reserved_indices(fitted):
     users = fitted["users"]
     state = fitted["state"]
