@@ -210,6 +210,16 @@ IMPLICIT = [
     Entry("two_tower_history", "two_tower",
           {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3, "history_max_len": 200},
           {**_SOFTMAX, "learning_rate": 0.002}),
+    # two_tower_history with per-user example weights (user_weight_power 0.5: each rating weighs
+    # 1/sqrt(its user's training rows)); tuned on the validation split by bench/tune_history.py.
+    Entry("two_tower_history_weighted", "two_tower",
+          {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3, "history_max_len": 200},
+          {**_SOFTMAX, "learning_rate": 0.002, "user_weight_power": 0.5}),
+    # two_tower_history trained with a softmax over the whole catalogue (loss full_softmax, no sampling, no
+    # log-Q) at temperature 0.1; tuned on the validation split by bench/tune_history.py.
+    Entry("two_tower_history_full", "two_tower",
+          {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3, "history_max_len": 200},
+          {"loss": "full_softmax", "learning_rate": 0.002, "batch_size": 1024, "temperature": 0.1}),
     # The dense head scores every (user, item) pair of the batch through rho: no extra negatives.
     Entry("two_tower_dense", "two_tower_dense",
           {"embedding_dim": 64, "tower_layers": [128], "head_layers": [64], "dropout": 0.3},

@@ -78,6 +78,8 @@ GRID = {
     "no_history_w0.5": (_BASE, {**_TRAIN, "user_weight_power": 0.5}),
     "shared_200_w0.5_idd0.3": ({**_H200, "id_dropout": 0.3}, {**_TRAIN, "user_weight_power": 0.5}),
     "shared_200_w0.5_drop0.5": ({**_H200, "dropout": 0.5}, {**_TRAIN, "user_weight_power": 0.5}),
+    "shared_200_w0.25": (_H200, {**_TRAIN, "user_weight_power": 0.25}),
+    "shared_200_w0.5_d64": ({**_H200, "embedding_dim": 64}, {**_TRAIN, "user_weight_power": 0.5}),
 }
 
 
