@@ -198,6 +198,8 @@ class Entry:
 _SOFTMAX = {"learning_rate": 0.005, "batch_size": 1024, "temperature": 0.05, "extra_negatives": 2048}
 _BCE = {"learning_rate": 0.003, "batch_size": 1024, "negatives": "uniform", "negative_ratio": 8}
 _RATING = {"objective": "rating", "learning_rate": 0.003, "batch_size": 1024}
+#: The two_tower entry's settings plus the user's history (the 200 most recent training items).
+_TT_HISTORY = {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3, "history_max_len": 200}
 
 IMPLICIT = [
     Entry("mf", "mf", {"embedding_dim": 64, "l2": 1e-4}, {**_SOFTMAX, "temperature": 0.1}),
@@ -207,9 +209,16 @@ IMPLICIT = [
           {**_SOFTMAX, "learning_rate": 0.002}),
     # two_tower plus the user's history (the 200 most recent training items, the item tower's id embedding);
     # tuned on the validation split by bench/tune_history.py.
-    Entry("two_tower_history", "two_tower",
-          {"embedding_dim": 128, "normalize": True, "tower_layers": [256], "dropout": 0.3, "history_max_len": 200},
+    Entry("two_tower_history", "two_tower", _TT_HISTORY,
           {**_SOFTMAX, "learning_rate": 0.002}),
+    # two_tower_history with per-user example weights (user_weight_power 0.5: each rating weighs
+    # 1/sqrt(its user's training rows)); tuned on the validation split by bench/tune_history.py.
+    Entry("two_tower_history_weighted", "two_tower", _TT_HISTORY,
+          {**_SOFTMAX, "learning_rate": 0.002, "user_weight_power": 0.5}),
+    # two_tower_history trained with a softmax over the whole catalogue (loss full_softmax, no sampling, no
+    # log-Q) at temperature 0.1; tuned on the validation split by bench/tune_history.py.
+    Entry("two_tower_history_full", "two_tower", _TT_HISTORY,
+          {"loss": "full_softmax", "learning_rate": 0.002, "batch_size": 1024, "temperature": 0.1}),
     # The dense head scores every (user, item) pair of the batch through rho: no extra negatives.
     Entry("two_tower_dense", "two_tower_dense",
           {"embedding_dim": 64, "tower_layers": [128], "head_layers": [64], "dropout": 0.3},

@@ -29,6 +29,8 @@ _TRAIN = {**quality._SOFTMAX, "learning_rate": 0.002}
 
 #: name -> (model params, training settings); the first is the current two_tower entry without history.
 _HD = {**_BASE, "history_max_len": 200, "history_dropout": 0.5}
+_H200 = {**_BASE, "history_max_len": 200}
+_FULL = {"loss": "full_softmax", "learning_rate": 0.002, "batch_size": 1024, "temperature": 0.05}
 GRID = {
     "shared_200_mask": ({**_BASE, "history_max_len": 200}, {**_TRAIN, "mask_history": True}),
     "own_200_noid_mask": ({**_BASE, "history_max_len": 200, "history_embedding": "own", "history_user_id": False},
@@ -54,6 +56,30 @@ GRID = {
                           {**_TRAIN, "temperature": 0.1}),
     "own_200_noid_nodrop": ({**_BASE, "history_max_len": 200, "history_embedding": "own", "history_user_id": False,
                              "dropout": 0.0}, _TRAIN),
+    # A softmax over the whole catalogue (loss full_softmax) instead of in-batch + sampled negatives.
+    "full_nohist": (_BASE, _FULL),
+    "full_200": (_H200, _FULL),
+    "full_200_t0.1": (_H200, {**_FULL, "temperature": 0.1}),
+    "full_200_t0.025": (_H200, {**_FULL, "temperature": 0.025}),
+    "full_200_mask": (_H200, {**_FULL, "mask_history": True}),
+    "full_200_l2": ({**_H200, "l2": 1e-5}, _FULL),
+    "full_200_d64": ({**_H200, "embedding_dim": 64}, _FULL),
+    "full_200_lr1e-3": (_H200, {**_FULL, "learning_rate": 0.001}),
+    "full_200_noid": ({**_H200, "history_user_id": False}, _FULL),
+    "full_200_hd0.5": ({**_H200, "history_dropout": 0.5}, _FULL),
+    "full_200_l2_1e-4": ({**_H200, "l2": 1e-4}, _FULL),
+    "full_200_w0.5": (_H200, {**_FULL, "user_weight_power": 0.5}),
+    # Per-user example weighting (user_weight_power) with the in-batch loss of the bench entry.
+    "shared_200_w0.5": (_H200, {**_TRAIN, "user_weight_power": 0.5}),
+    "shared_200_w1": (_H200, {**_TRAIN, "user_weight_power": 1.0}),
+    "full_200_t0.1_w0.5": (_H200, {**_FULL, "temperature": 0.1, "user_weight_power": 0.5}),
+    "full_200_t0.1_w1": (_H200, {**_FULL, "temperature": 0.1, "user_weight_power": 1.0}),
+    "shared_200_w0.5_l2": ({**_H200, "l2": 1e-4}, {**_TRAIN, "user_weight_power": 0.5}),
+    "no_history_w0.5": (_BASE, {**_TRAIN, "user_weight_power": 0.5}),
+    "shared_200_w0.5_idd0.3": ({**_H200, "id_dropout": 0.3}, {**_TRAIN, "user_weight_power": 0.5}),
+    "shared_200_w0.5_drop0.5": ({**_H200, "dropout": 0.5}, {**_TRAIN, "user_weight_power": 0.5}),
+    "shared_200_w0.25": (_H200, {**_TRAIN, "user_weight_power": 0.25}),
+    "shared_200_w0.5_d64": ({**_H200, "embedding_dim": 64}, {**_TRAIN, "user_weight_power": 0.5}),
 }
 
 
@@ -105,7 +131,7 @@ def main(argv=None) -> int:
             "two_tower", pv.spec, pv.examples, os.path.join(args.work, "tune", name),
             settings=TrainSettings(**settings, epochs=args.max_epochs, patience=args.patience, seed=42),
             model_params=params, item_features_path=pv.item_features, holdout_path=pv.heldout_examples,
-            user_history_path=pv.history, log=lambda line: None,
+            user_history_path=pv.history, log=lambda line, name=name: log(f"  {name}: {line}"),
         )
         curve = " ".join(f"{r['holdout']['ndcg']:.4f}" for r in result.history)
         log(f"{name:<22} val nDCG@10 {result.best_metric:.4f} at epoch {result.best_epoch:>2}  "

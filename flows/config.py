@@ -256,6 +256,7 @@ class ModelConfig(_Section):
     history_user_id: bool = True
     history_dropout: float = Field(0.0, ge=0, lt=1)
     mask_history: bool = False
+    user_weight_power: float = Field(0.0, ge=0, le=1)
 
     @field_validator("name")
     @classmethod
@@ -323,7 +324,7 @@ class ModelConfig(_Section):
                              "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
                              "or remove history_embedding")
         if self.mask_history and not self.history_max_len:
-            raise ValueError(f"model '{self.name}': mask_history masks in-batch negatives found in the user's "
+            raise ValueError(f"model '{self.name}': mask_history masks softmax negatives found in the user's "
                              "history; it needs history_max_len >= 1")
         if self.history_dropout and not self.history_max_len:
             raise ValueError(f"model '{self.name}': history_dropout needs history_max_len >= 1 (the history input "
@@ -357,6 +358,7 @@ class ModelConfig(_Section):
             "temperature": self.temperature, "log_q": self.log_q, "extra_negatives": self.extra_negatives,
             "negatives": self.negatives,
             "negative_ratio": self.negative_ratio, "mask_history": self.mask_history,
+            "user_weight_power": self.user_weight_power,
         }
 
 

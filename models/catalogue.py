@@ -81,9 +81,14 @@ def read_side_table(path: str, side_spec: Mapping, id_col: str, *, unique: bool 
 
 def item_counts(files: list[str], item_col: str, vocab_size: int) -> np.ndarray:
     """Training rows per item index: [vocab_size] float64."""
+    return index_counts(files, item_col, vocab_size)
+
+
+def index_counts(files: list[str], column: str, vocab_size: int) -> np.ndarray:
+    """Rows per value of an index column (``item_idx``, ``user_idx``): [vocab_size] float64."""
     counts = np.zeros(vocab_size, dtype=np.float64)
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=[item_col], batch_size=65536):
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=65536):
             idx = batch.column(0).to_numpy(zero_copy_only=False)
             counts += np.bincount(idx, minlength=vocab_size)[:vocab_size]
     return counts
@@ -132,6 +137,59 @@ class NegativeSampler:
         rows = tf.minimum(tf.searchsorted(self.cdf, u, side="right", out_type=tf.int64), last)
         taken = {name: tf.gather(col, rows) for name, col in self.columns.items()}
         return taken, taken[self.item_col]
+
+
+#: Most catalogue items ``CatalogueItems`` accepts: a full softmax scores all of them at every training step.
+FULL_SOFTMAX_MAX_ITEMS = 100_000
+
+
+class CatalogueItems:
+    """Every trained catalogue item as one tensor batch, for a softmax over the whole catalogue.
+
+    The items are the catalogue rows whose item index is a trained one
+    (index >= 2), one column per index, in catalogue (id) order.
+
+    Args:
+        catalogue: the item side table.
+        item_col: the item index column (e.g. ``item_idx``).
+        vocab_size: size of the item index vocabulary.
+        max_items: refuse a larger catalogue (its [batch, items] logits at every step would be too costly).
+    """
+
+    def __init__(self, catalogue: SideTable, item_col: str, vocab_size: int,
+                 max_items: int = FULL_SOFTMAX_MAX_ITEMS):
+        idx = catalogue.columns[item_col]
+        rows = np.nonzero(idx >= RESERVED_ROWS)[0]
+        rows = rows[np.unique(idx[rows], return_index=True)[1]]
+        rows.sort()
+        if rows.size == 0:
+            raise ValueError("no catalogue item has a trained index (>= 2): the full softmax has no candidates")
+        if rows.size > max_items:
+            raise ValueError(f"loss full_softmax scores every catalogue item at every training step, and the "
+                             f"catalogue has {rows.size:,} trained items (at most {max_items:,}); use loss "
+                             "in_batch_softmax with extra_negatives (sampled negatives) for a catalogue this big")
+        #: [n_items] item index of each column.
+        self.item_index = idx[rows].astype(np.int64)
+        column_of = np.full(int(vocab_size), -1, dtype=np.int32)
+        column_of[self.item_index] = np.arange(rows.size, dtype=np.int32)
+        self._column_of = column_of
+        self.column_of = tf.constant(column_of)
+        self.columns = {n: tf.constant(a[rows]) for n, a in catalogue.columns.items()}
+
+    def __len__(self) -> int:
+        return int(self.item_index.size)
+
+    def missing(self, indices: np.ndarray) -> np.ndarray:
+        """The item indices among ``indices`` that have no column (not trained catalogue items)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        inside = (indices >= 0) & (indices < self._column_of.size)
+        bad = ~inside
+        bad[inside] = self._column_of[indices[inside]] < 0
+        return indices[bad]
+
+    def labels(self, item_idx):
+        """Column of each item index: [n] int32 (``item_idx`` [n])."""
+        return tf.gather(self.column_of, tf.cast(item_idx, tf.int32))
 
 
 def read_user_history(path: str, user_vocab_size: int, max_len: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 OBJECTIVES = ("implicit", "rating")
-LOSSES = ("in_batch_softmax", "sampled_bce")
+LOSSES = ("in_batch_softmax", "sampled_bce", "full_softmax")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
 #: Training hyper-parameters every kind accepts.
@@ -22,8 +22,9 @@ TRAINING_PARAMS = frozenset(
 )
 #: Hyper-parameters that apply only with a given implicit loss.
 LOSS_PARAMS = {
-    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives", "mask_history"}),
+    "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives", "mask_history", "user_weight_power"}),
     "sampled_bce": frozenset({"negatives", "negative_ratio"}),
+    "full_softmax": frozenset({"temperature", "mask_history", "user_weight_power"}),
 }
 
 

@@ -1,7 +1,8 @@
 """Losses: how a model's scores become a training loss.
 
 * implicit feedback, two-tower family: in-batch sampled softmax with the
-  log-Q popularity correction and accidental hits masked;
+  log-Q popularity correction and accidental hits masked, or a full softmax
+  over every catalogue item (no sampling, so no correction);
 * implicit feedback, DeepFM and NCF families: binary cross-entropy with
   sampled negatives;
 * explicit ratings: mean squared error.
@@ -66,6 +67,39 @@ def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=
         logits = ops.where(ops.logical_and(known, ops.logical_not(diagonal)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     per_row = -ops.diagonal(log_probs[:, : ops.shape(log_probs)[0]])
+    if weights is not None:
+        weights = ops.cast(weights, per_row.dtype)
+        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
+    return ops.mean(per_row)
+
+
+def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None):
+    """Softmax cross-entropy over the whole catalogue (every item is a candidate; nothing is sampled).
+
+    Row ``b`` is a (user, positive item) pair; its logits are the user's
+    scores against every catalogue item divided by ``temperature``, and the
+    loss is ``-log softmax(logits)[labels[b]]``. With no sampling there is no
+    log-Q correction and no accidental hit (each item is one column).
+
+    Args:
+        scores: [batch, n_items] scores of each row's user against every catalogue item.
+        labels: [batch] int column of each row's positive item.
+        temperature: positive scalar.
+        known: [batch, n_items] bool or None: True where the column's item is another known positive
+            of the row's user (e.g. in its history); such columns are masked out of the softmax (the
+            row's own positive is always kept).
+        weights: [batch] float example weights or None.
+
+    Returns:
+        Scalar (weighted) mean cross-entropy.
+    """
+    logits = scores / temperature
+    labels = ops.cast(labels, "int32")
+    if known is not None:
+        own = ops.equal(ops.arange(ops.shape(logits)[1], dtype="int32")[None, :], labels[:, None])
+        logits = ops.where(ops.logical_and(known, ops.logical_not(own)), _MASK_LOGIT, logits)
+    log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
+    per_row = -ops.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
     if weights is not None:
         weights = ops.cast(weights, per_row.dtype)
         return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)

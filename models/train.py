@@ -13,6 +13,8 @@ Objectives:
 * ``rating``: mean squared error of the score against the rating;
 * ``implicit`` with ``in_batch_softmax``: the batch's items are the
   negatives, log-Q corrected, accidental hits masked (``models.tasks``);
+* ``implicit`` with ``full_softmax``: every trained catalogue item is a
+  candidate of every row (its item part is computed at every step);
 * ``implicit`` with ``sampled_bce``: each positive row gets
   ``negative_ratio`` catalogue items drawn uniformly or by popularity.
 
@@ -35,14 +37,16 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from models.base import expand_rows, group_rows
-from models.catalogue import NegativeSampler, item_counts, read_side_table, read_user_history
+from models.catalogue import (CatalogueItems, NegativeSampler, index_counts, item_counts, read_side_table,
+                              read_user_history)
 from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
 from models.evaluation import RankingHoldout, RatingHoldout
 from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES
 from models.registry import build_model, load_model
-from models.tasks import in_batch_softmax_from_scores, rating_loss, sampled_bce_loss
+from models.tasks import full_softmax_loss, in_batch_softmax_from_scores, rating_loss, sampled_bce_loss
 
 MODEL_FILE = "model.keras"
+_SOFTMAX_LOSSES = ("in_batch_softmax", "full_softmax")
 FEATURE_STATE_FILE = "feature_state.json"
 TRAIN_FILE = "train.json"
 
@@ -55,19 +59,22 @@ class TrainSettings:
 
     Attributes:
         objective: "implicit" (top-K from interactions) or "rating" (regression).
-        loss: implicit loss, "in_batch_softmax" or "sampled_bce" (None: the kind's default).
+        loss: implicit loss, "in_batch_softmax", "sampled_bce" or "full_softmax" (None: the kind's default).
         epochs: maximum epochs.
         batch_size: global batch size (split across replicas).
         learning_rate: Adam learning rate.
         patience: stop after this many epochs without a better holdout metric (0: never stop early).
-        temperature: in-batch softmax temperature (scores are divided by it).
+        temperature: in-batch or full softmax temperature (scores are divided by it).
         log_q: subtract log item frequency from in-batch logits.
         extra_negatives: in-batch softmax: items sampled uniformly from the
             catalogue per batch, added to the batch's own items as negatives
             (mixed negative sampling); the log-Q correction then uses the
             mixture's expected count of each item.
-        mask_history: in-batch softmax, models with a history input: a negative that is in the
-            row user's history (another positive of the user) is masked out like an accidental hit.
+        mask_history: in-batch or full softmax, models with a history input: a negative that is in
+            the row user's history (another positive of the user) is masked out like an accidental hit.
+        user_weight_power: in-batch or full softmax: each example weighs n_u ** -user_weight_power
+            (n_u: its user's training rows), so users with many rows dominate the loss less; 0: every
+            example weighs the same, 1: every user weighs the same.
         negatives: "uniform" or "popularity" (sampled_bce).
         negative_ratio: sampled negatives per positive (sampled_bce).
         seed: seed of initialisation, shuffling and sampling.
@@ -85,6 +92,7 @@ class TrainSettings:
     log_q: bool = True
     extra_negatives: int = 0
     mask_history: bool = False
+    user_weight_power: float = 0.0
     negatives: str = "uniform"
     negative_ratio: int = 4
     seed: int = 42
@@ -104,6 +112,11 @@ class TrainSettings:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.loss is not None and self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not 0.0 <= self.user_weight_power <= 1.0:
+            raise ValueError(f"user_weight_power must be in [0, 1], got {self.user_weight_power!r}")
+        if self.user_weight_power and self.resolved_loss(kind) not in _SOFTMAX_LOSSES:
+            raise ValueError(f"user_weight_power weighs the examples of a softmax loss ({', '.join(_SOFTMAX_LOSSES)}),"
+                             f" not {self.resolved_loss(kind)}")
         if self.negatives not in NEGATIVE_SAMPLERS:
             raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {self.negatives!r}")
 
@@ -232,14 +245,27 @@ def train_model(
     item_col = spec["item"]["id"]["name"]
     vocab = int(spec["item"]["id"]["vocab_size"])
     counts = item_counts(files, item_col, vocab)
-    sampler = None
+    sampler = everything = None
     extra = settings.extra_negatives if loss_name == "in_batch_softmax" else 0
+    if loss_name == "full_softmax":
+        if item_features_path is None:
+            raise ValueError(f"{kind}: loss full_softmax needs item_features_path (the catalogue it ranks)")
+        everything = CatalogueItems(read_side_table(item_features_path, spec["item"], "item_id"), item_col, vocab)
+        absent = everything.missing(np.nonzero(counts)[0])
+        if absent.size:
+            raise ValueError(f"{kind}: {absent.size} item indices of the training examples (e.g. "
+                             f"{', '.join(map(str, absent[:5]))}) are not trained items of the catalogue "
+                             f"{item_features_path}; were both built with the same feature state?")
     if loss_name == "sampled_bce" or extra:
         if item_features_path is None:
             raise ValueError(f"{kind}: sampled negatives need item_features_path (the catalogue to sample from)")
         catalogue = read_side_table(item_features_path, spec["item"], "item_id")
         mode = settings.negatives if loss_name == "sampled_bce" else "uniform"
         sampler = NegativeSampler(catalogue, item_col, counts, mode=mode, seed=settings.seed)
+    user_weight = None
+    if settings.user_weight_power and loss_name in _SOFTMAX_LOSSES:
+        rows = index_counts(files, spec["user"]["id"]["name"], int(spec["user"]["id"]["vocab_size"]))
+        user_weight = tf.constant(np.maximum(rows, 1.0) ** -settings.user_weight_power, tf.float32)
     # In-batch softmax correction: log of each item's expected count among a replica's candidates.
     expected = (batch_size // replicas) * np.exp(log_share(counts).astype(np.float64))
     if extra:
@@ -267,9 +293,12 @@ def train_model(
         if settings.objective == "rating":
             return rating_loss(model(batch, training=True), batch["rating"])
         user = model.user_parts(batch, training=True)
-        item = model.item_parts(batch, training=True)
+        item = model.item_parts(batch, training=True) if loss_name != "full_softmax" else None
         item_idx = batch[item_col]
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        weights = None
+        if user_weight is not None:
+            weights = tf.gather(user_weight, tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
         if loss_name == "in_batch_softmax":
             scores = model.pair_scores(user, item, cross=True, training=True)
             ids = item_idx
@@ -281,8 +310,15 @@ def train_model(
                 ids = tf.concat([item_idx, tf.cast(extra_idx, item_idx.dtype)], axis=0)
             known = model.history_contains(batch, ids) if settings.mask_history else None
             return in_batch_softmax_from_scores(
-                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature, known=known
+                scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature,
+                weights=weights, known=known,
             )
+        if loss_name == "full_softmax":
+            scores = model.pair_scores(user, model.item_parts(everything.columns, training=True), cross=True,
+                                       training=True)
+            known = model.history_contains(batch, everything.item_index) if settings.mask_history else None
+            return full_softmax_loss(scores, everything.labels(item_idx), settings.temperature, known=known,
+                                     weights=weights)
         positive = model.pair_scores(user, item, training=True)
         n = tf.shape(item_idx)[0]
         negatives, negative_idx = sampler.sample(n * settings.negative_ratio, step, replica)

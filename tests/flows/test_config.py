@@ -145,7 +145,7 @@ def test_history_keys_are_checked():
     assert "history_embedding 'shared' reuses the item id embedding" in _models_error(
         [{"name": "h", "kind": "two_tower", "history_max_len": 5, "use_id": False}])
     assert "'models.0.history_max_len': -1" in _models_error([{"name": "h", "history_max_len": -1}])
-    assert "mask_history masks in-batch negatives found in the user's history; it needs history_max_len" in \
+    assert "mask_history masks softmax negatives found in the user's history; it needs history_max_len" in \
         _models_error([{"name": "h", "kind": "two_tower", "mask_history": True}])
     assert parse_config({"models": [{"name": "h", "history_max_len": 5, "mask_history": True}]}).models[0] \
         .train_settings()["mask_history"] is True
@@ -155,3 +155,21 @@ def test_history_keys_are_checked():
         [{"name": "h", "kind": "two_tower", "history_dropout": 0.5}])
     assert "history_user_id false represents users by their history" in _models_error(
         [{"name": "h", "kind": "two_tower", "history_user_id": False}])
+
+
+def test_full_softmax_loss_and_its_keys():
+    cfg = parse_config({"models": [{"name": "f", "kind": "two_tower", "loss": "full_softmax", "temperature": 0.05,
+                                    "history_max_len": 5, "mask_history": True}]})
+    settings = cfg.models[0].train_settings()
+    assert settings["loss"] == "full_softmax" and settings["temperature"] == 0.05 and settings["mask_history"]
+    assert "key 'extra_negatives' does not apply to kind two_tower with objective implicit (it applies to " \
+           "objective implicit with loss in_batch_softmax); remove it" in _models_error(
+               [{"name": "f", "loss": "full_softmax", "extra_negatives": 8}])
+    assert "key 'log_q' does not apply" in _models_error([{"name": "f", "loss": "full_softmax", "log_q": False}])
+    assert parse_config({"models": [{"name": "w", "loss": "full_softmax", "user_weight_power": 0.5}]}).models[0] \
+        .train_settings()["user_weight_power"] == 0.5
+    assert "'models.0.user_weight_power': 2" in _models_error([{"name": "w", "user_weight_power": 2}])
+    assert "key 'user_weight_power' does not apply to kind deepfm" in _models_error(
+        [{"name": "w", "kind": "deepfm", "user_weight_power": 0.5}])
+    dumped = cfg.model_dump(mode="json")["models"][0]
+    assert dumped["loss"] == "full_softmax" and "log_q" not in dumped and "extra_negatives" not in dumped

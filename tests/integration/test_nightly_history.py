@@ -1,5 +1,6 @@
 """The nightly flow with a two-tower that reads the users' histories (history_max_len)."""
 
+import json
 import os
 
 import numpy as np
@@ -17,7 +18,9 @@ def history_run(spark, prefect_server, tmp_path_factory):
 
     warehouse = tmp_path_factory.mktemp("warehouse_history")
     model = {**TINY["models"][0], "name": "tt_history", "history_max_len": MAX_LEN, "mask_history": True}
-    summary = nightly(ds=DS, config={**TINY, "models": [model], "warehouse": str(warehouse)})
+    # The same model trained with a softmax over the whole catalogue and per-user weights.
+    full = {**model, "name": "tt_full", "loss": "full_softmax", "user_weight_power": 0.5}
+    summary = nightly(ds=DS, config={**TINY, "models": [model, full], "warehouse": str(warehouse)})
     return warehouse, summary
 
 
@@ -40,8 +43,11 @@ def test_published_model_holds_the_full_windows_histories(history_run):
     np.testing.assert_array_equal(np.asarray(model.user_history), expected)
 
 
-def test_recommendations_and_metrics_are_published(history_run):
+@pytest.mark.parametrize("name", ["tt_history", "tt_full"])
+def test_recommendations_and_metrics_are_published(history_run, name):
     warehouse, summary = history_run
-    recs = pd.read_parquet(os.path.join(warehouse, "recommendations", f"ds={DS}", "model=tt_history"))
+    recs = pd.read_parquet(os.path.join(warehouse, "recommendations", f"ds={DS}", f"model={name}"))
     assert recs.groupby("user_id").size().max() == TINY["publish"]["k"]
-    assert "tt_history" in summary["metrics"]
+    assert name in summary["metrics"]
+    with open(os.path.join(warehouse, "models", f"ds={DS}", f"model={name}", "train.json")) as fh:
+        assert json.load(fh)["loss"] == ("full_softmax" if name == "tt_full" else "in_batch_softmax")

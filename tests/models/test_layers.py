@@ -105,3 +105,33 @@ def test_id_dropout_replaces_ids_by_the_unseen_index_only_in_training():
     dropped = np.all(train_out == 0.0, axis=1)          # the unseen row starts at zero
     assert 0.4 < dropped.mean() < 0.6
     np.testing.assert_allclose(train_out[~dropped], table[ids[~dropped]])
+
+
+def test_full_softmax_loss_matches_numpy_log_softmax_over_the_catalogue():
+    from models.tasks import full_softmax_loss
+
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(3, 5)).astype(np.float32)       # 3 rows x 5 catalogue items
+    labels = np.array([4, 0, 2])
+    got = float(full_softmax_loss(scores, labels, temperature=0.5))
+    logits = scores.astype(np.float64) / 0.5
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -np.mean(log_softmax[[0, 1, 2], labels])
+    assert got == pytest.approx(expected, rel=1e-5)
+    # Weighted: the mean of the rows' losses with weights 1, 0, 3.
+    weighted = float(full_softmax_loss(scores, labels, temperature=0.5, weights=np.array([1.0, 0.0, 3.0])))
+    rows = -log_softmax[[0, 1, 2], labels]
+    assert weighted == pytest.approx((rows[0] + 3 * rows[2]) / 4, rel=1e-5)
+
+
+def test_full_softmax_masks_known_positives_but_keeps_the_row_positive():
+    from models.tasks import full_softmax_loss
+
+    scores = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], np.float32)
+    labels = np.array([0, 1])
+    # Row 0 also knows items 0 (its own positive: kept) and 2 (dropped); row 1 knows nothing.
+    known = np.array([[True, False, True], [False, False, False]])
+    got = float(full_softmax_loss(scores, labels, temperature=1.0, known=known))
+    row0 = -(1.0 - np.log(np.exp(1.0) + np.exp(2.0)))         # softmax over columns 0 and 1 only
+    row1 = np.log(3.0)                                         # uniform over 3 columns
+    assert got == pytest.approx((row0 + row1) / 2, rel=1e-5)

@@ -266,3 +266,89 @@ def test_one_worker_multi_worker_strategy_trains_like_the_default_strategy(tmp_p
         assert multi["replicas"] == 1 and len(multi["losses"]) == 2
         np.testing.assert_allclose(multi["losses"], default["losses"], rtol=1e-5)
         np.testing.assert_allclose(multi["scores"], default["scores"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0, 0.5])
+def test_full_softmax_loss_of_a_training_step_is_numpy_log_softmax_over_the_catalogue(power, tmp_path):
+    # One step over all rows with a learning rate too small to move the weights: the logged loss is the
+    # loss of the saved model, recomputed here with NumPy against every trained catalogue item; with
+    # user_weight_power each row weighs (its user's rows) ** -power.
+    path, table = _examples(tmp_path, n=200)
+    result = train_model("mf", SPEC, path, str(tmp_path / "m"),
+                         settings=TrainSettings(loss="full_softmax", epochs=1, batch_size=200, learning_rate=1e-12,
+                                                temperature=0.01, seed=5, user_weight_power=power),
+                         model_params={"embedding_dim": 4}, item_features_path=_catalogue(tmp_path),
+                         log=lambda _: None)
+    model = load_model(result.model_path)
+    users = table.column("user_idx").to_numpy()
+    items = table.column("item_idx").to_numpy()
+    u = np.asarray(model.user_tower(_feed(users, items)), np.float64)
+    v = np.asarray(model.item_tower(_feed(np.full(6, 2), np.arange(2, 8))), np.float64)   # catalogue items 2..7
+    logits = u @ v.T / 0.01
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    per_row = -log_softmax[np.arange(len(items)), items - 2]
+    rows_of_user = {u: int((users == u).sum()) for u in np.unique(users)}
+    weight = np.array([rows_of_user[u] ** -power for u in users])
+    expected = (weight * per_row).sum() / weight.sum()
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-4)
+    if power:
+        assert abs(expected - per_row.mean()) > 1e-3      # the weights change the loss here
+    assert json.loads(open(tmp_path / "m" / "train.json").read())["loss"] == "full_softmax"
+
+
+def test_user_weight_power_weighs_in_batch_softmax_rows(tmp_path):
+    # In-batch softmax without log-Q, one step over all rows: the batch's items are the candidates.
+    path, table = _examples(tmp_path, n=120)
+    result = train_model("mf", SPEC, path, str(tmp_path / "m"),
+                         settings=TrainSettings(epochs=1, batch_size=120, learning_rate=1e-12, temperature=0.5,
+                                                log_q=False, seed=5, user_weight_power=1.0),
+                         model_params={"embedding_dim": 4}, log=lambda _: None)
+    model = load_model(result.model_path)
+    users = table.column("user_idx").to_numpy()
+    items = table.column("item_idx").to_numpy()
+    u = np.asarray(model.user_tower(_feed(users, items)), np.float64)
+    v = np.asarray(model.item_tower(_feed(users, items)), np.float64)
+    logits = u @ v.T / 0.5
+    same = (items[:, None] == items[None, :]) & ~np.eye(len(items), dtype=bool)
+    logits[same] = -1e9                                    # accidental hits
+    per_row = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
+    weight = np.array([1.0 / (users == x).sum() for x in users])
+    expected = (weight * per_row).sum() / weight.sum()
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="user_weight_power weighs the examples of a softmax loss"):
+        TrainSettings(loss="sampled_bce", user_weight_power=0.5).check("mf")
+
+
+def test_full_softmax_two_tower_learns_the_structure(tmp_path):
+    path, _ = _examples(tmp_path)
+    result = train_model("two_tower", SPEC, path, str(tmp_path / "model"),
+                         settings=TrainSettings(loss="full_softmax", epochs=10, batch_size=64, learning_rate=0.02,
+                                                temperature=0.5, seed=3),
+                         model_params={"embedding_dim": 8, "tower_layers": [16]},
+                         item_features_path=_catalogue(tmp_path), log=lambda _: None)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    model = load_model(result.model_path)
+    # Even users like items 2..4, odd users 5..7 (uniformly within the group).
+    scores = np.asarray(model.score_matrix(_feed([2, 3], [2, 2]), _feed([2, 2], np.arange(2, 8))))
+    assert scores[0, :3].min() > scores[0, 3:].max() and scores[1, 3:].min() > scores[1, :3].max()
+
+
+def test_full_softmax_refuses_a_big_or_mismatched_catalogue(tmp_path):
+    from models.catalogue import CatalogueItems
+
+    catalogue = read_side_table(_catalogue(tmp_path), SPEC["item"], "item_id")
+    items = CatalogueItems(catalogue, "item_idx", 8)
+    assert len(items) == 6 and items.item_index.tolist() == [2, 3, 4, 5, 6, 7]
+    assert items.labels(np.array([7, 2, 5])).numpy().tolist() == [5, 0, 3]
+    assert items.missing(np.array([1, 3, 9])).tolist() == [1, 9]
+    with pytest.raises(ValueError, match=r"catalogue has 6 trained items \(at most 5\); use loss in_batch_softmax "
+                                         r"with extra_negatives"):
+        CatalogueItems(catalogue, "item_idx", 8, max_items=5)
+    path, _ = _examples(tmp_path)
+    fewer = pa.table({"item_id": np.array([20, 30], np.int64), "item_idx": np.array([2, 3], np.int32),
+                      "item_tags": pa.array([[2], [3]], pa.list_(pa.int32()))})
+    with pytest.raises(ValueError, match=r"4 item indices of the training examples \(e.g. 4, 5, 6, 7\) are not "
+                                         r"trained items of the catalogue"):
+        train_model("mf", SPEC, path, str(tmp_path / "m"), settings=TrainSettings(loss="full_softmax", epochs=1),
+                    model_params={"embedding_dim": 4}, item_features_path=_write(tmp_path / "few", fewer),
+                    log=lambda _: None)

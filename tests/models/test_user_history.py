@@ -170,3 +170,18 @@ def test_two_tower_with_history_trains_saves_and_reloads(tmp_path):
     np.testing.assert_array_equal(np.asarray(model.user_history), expected)
     batch = _feed([2, 3, 1], [2, 6, 1])
     np.testing.assert_allclose(np.asarray(load_model(result.model_path)(batch)), np.asarray(model(batch)), rtol=1e-6)
+
+
+def test_full_softmax_with_mask_history_trains(tmp_path):
+    path, table = _examples(tmp_path, n=256)
+    users = table.column("user_idx").to_numpy()
+    items = table.column("item_idx").to_numpy()
+    rows = [(int(u), sorted({int(i) for i in items[users == u]})) for u in np.unique(users)]
+    result = train_model("two_tower", TRAIN_SPEC, path, str(tmp_path / "m"),
+                         settings=TrainSettings(loss="full_softmax", epochs=2, batch_size=64, seed=1,
+                                                mask_history=True),
+                         model_params={"embedding_dim": 4, "tower_layers": [8], "history_max_len": 3},
+                         item_features_path=_catalogue(tmp_path),
+                         user_history_path=_write_history(tmp_path / "history", rows), log=lambda _: None)
+    assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
+    assert json.loads(open(tmp_path / "m" / "train.json").read())["settings"]["mask_history"] is True
