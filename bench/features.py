@@ -66,18 +66,19 @@ def _feature_stage(spark, folder: str, out: str, as_of: dt.datetime, steps: Step
                                             tables=fitted)
     steps("examples (item pass + user pass + write)")
     fitted.release()
-    return rows, fitted.state
+    return rows, fitted
 
 
-def _examples_breakdown(spark, folder: str, state) -> dict:
+def _examples_breakdown(spark, folder: str, fitted) -> dict:
     """Untimed diagnosis: the examples passes with a no-op sink (no Parquet write)."""
+    state = fitted.state
     train = spark.read.parquet(os.path.join(folder, "ratings"))
     users = spark.read.parquet(os.path.join(folder, "users"))
     items = spark.read.parquet(os.path.join(folder, "items"))
-    shuffled, _, _ = features._example_passes(train, users, items, state, 500_000)
+    shuffled, _, _ = features._example_passes(train, users, items, state, 500_000, fitted)
     timings = {}
     _timed(timings, "item pass only (noop sink)", lambda: shuffled.write.format("noop").mode("overwrite").save())
-    examples = features.training_examples(train, users, items, state)
+    examples = features.training_examples(train, users, items, state, tables=fitted)
     _timed(timings, "item + user pass (noop sink)", lambda: examples.write.format("noop").mode("overwrite").save())
     return timings
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         out = os.path.join(scratch, f"out{run}")
         start = time.perf_counter()
         steps = Steps()
-        rows, state = _feature_stage(spark, folder, out, as_of, steps)
+        rows, fitted = _feature_stage(spark, folder, out, as_of, steps)
         walls.append(time.perf_counter() - start)
         runs.append(steps)
         print(f"run {run + 1}: feature stage {walls[-1]:.1f}s, {rows:,} examples, load average "
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     steps = runs[-1]
     cpu = sum(sum(kinds.values()) for kinds in steps.cpu.values())
     cores = int(args.master[len("local["):-1]) if args.master[len("local["):-1].isdigit() else os.cpu_count()
-    spec_cols = state.model_spec()
+    spec_cols = fitted.state.model_spec()
     n_cont = len(spec_cols["user"]["continuous"]) + len(spec_cols["item"]["continuous"])
     print(f"\nfeature stage on {n:,} ratings, {args.master}: {wall:.1f}s wall (run {len(walls)} of {len(walls)}), "
           f"{n / wall:,.0f} ratings/s; target 10M in <= 60 s (= {10_000_000 / 60:,.0f} ratings/s)")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     if args.conf:
         print("extra Spark settings:", ", ".join(args.conf))
     if not args.no_breakdown:
-        breakdown = _examples_breakdown(spark, folder, state)
+        breakdown = _examples_breakdown(spark, folder, fitted)
         total = steps.wall["examples (item pass + user pass + write)"]
         item_pass = breakdown["item pass only (noop sink)"]
         both = breakdown["item + user pass (noop sink)"]

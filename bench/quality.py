@@ -260,18 +260,19 @@ class Fitted:
 
 
 def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int, patience: int,
-        rank_heldout_items: bool = False) -> Fitted:
+        rank_heldout_items: bool = False, seed: int = 42) -> Fitted:
     """Early-stop on the validation split, then refit on all of train for the best epoch count.
 
     With ``rank_heldout_items`` the validation metric ranks only the
-    validation split's own items (the cold-item check).
+    validation split's own items (the cold-item check). ``seed``: the
+    training's (initialisation, shuffling, sampling); the splits keep theirs.
     """
     from models.train import TrainSettings, load_model, train_model
 
     quiet = lambda line: None  # noqa: E731
     first = train_model(
         entry.kind, val.spec, val.examples, os.path.join(work, "val", entry.name),
-        settings=TrainSettings(**entry.settings, epochs=max_epochs, patience=patience, seed=42),
+        settings=TrainSettings(**entry.settings, epochs=max_epochs, patience=patience, seed=seed),
         model_params=entry.params, item_features_path=val.item_features, holdout_path=val.heldout_examples,
         holdout_catalogue_path=val.heldout_items if rank_heldout_items else None, user_history_path=val.history,
         log=quiet,
@@ -279,7 +280,7 @@ def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int,
     start = time.perf_counter()
     final = train_model(
         entry.kind, full.spec, full.examples, os.path.join(work, "full", entry.name),
-        settings=TrainSettings(**entry.settings, epochs=first.best_epoch, patience=0, seed=42),
+        settings=TrainSettings(**entry.settings, epochs=first.best_epoch, patience=0, seed=seed),
         model_params=entry.params, item_features_path=full.item_features, user_history_path=full.history,
         log=quiet,
     )
@@ -418,7 +419,8 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
         for entry in entries:
             if args.only and entry.name not in args.only:
                 continue
-            fitted = fit(entry, pv, pf, os.path.join(work, "models", objective), args.max_epochs, args.patience)
+            fitted = fit(entry, pv, pf, os.path.join(work, "models", objective), args.max_epochs, args.patience,
+                         seed=args.train_seed)
             recs = recommend(fitted.model, users, catalogue, seen, K)
             row = {"model": entry.name, "objective": objective, "seconds": fitted.seconds,
                    "note": f"{fitted.best_epoch} epochs", **metrics_of(spark, recs, truth)}
@@ -463,7 +465,8 @@ def cold_users(spark, args, work: str, log) -> list[dict]:
                           truth)}]
     log(fmt(rows[-1]))
     for entry in _cold_entries(args):
-        fitted = fit(entry, pv, pf, os.path.join(work, "models", "cold_users"), args.max_epochs, args.patience)
+        fitted = fit(entry, pv, pf, os.path.join(work, "models", "cold_users"), args.max_epochs, args.patience,
+                     seed=args.train_seed)
         rows.append({"model": entry.name, "objective": "implicit", "seconds": fitted.seconds,
                      "note": f"{fitted.best_epoch} epochs",
                      **metrics_of(spark, recommend(fitted.model, cold, catalogue, none_seen, K), truth)})
@@ -514,7 +517,7 @@ def cold_items(spark, args, work: str, log) -> list[dict]:
     log(fmt(rows[-1]))
     for entry in _cold_entries(args):
         fitted = fit(entry, pv, pf, os.path.join(work, "models", "cold_items"), args.max_epochs, args.patience,
-                     rank_heldout_items=True)
+                     rank_heldout_items=True, seed=args.train_seed)
         rows.append({"model": entry.name, "objective": "implicit", "seconds": fitted.seconds,
                      "note": f"{fitted.best_epoch} epochs",
                      **metrics_of(spark, recommend(fitted.model, users, candidates, none_seen, K), truth)})
@@ -553,6 +556,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--train-seed", type=int, default=42,
+                        help="seed of the models' training (the splits keep theirs): rerun with others to see the "
+                             "spread of a model's figures")
     args = parser.parse_args(argv)
     args.only = {n for n in args.only.split(",") if n}
     if not os.path.isfile(os.path.join(args.data, "ratings.csv")):
