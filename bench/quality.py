@@ -260,12 +260,13 @@ class Fitted:
 
 
 def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int, patience: int,
-        rank_heldout_items: bool = False, seed: int = 42) -> Fitted:
+        rank_heldout_items: bool = False, seed: int = 42, refit_epochs: int | None = None) -> Fitted:
     """Early-stop on the validation split, then refit on all of train for the best epoch count.
 
     With ``rank_heldout_items`` the validation metric ranks only the
     validation split's own items (the cold-item check). ``seed``: the
     training's (initialisation, shuffling, sampling); the splits keep theirs.
+    ``refit_epochs``: refit for this many epochs instead of the validation's best.
     """
     from models.train import TrainSettings, load_model, train_model
 
@@ -280,12 +281,13 @@ def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int,
     start = time.perf_counter()
     final = train_model(
         entry.kind, full.spec, full.examples, os.path.join(work, "full", entry.name),
-        settings=TrainSettings(**entry.settings, epochs=first.best_epoch, patience=0, seed=seed),
+        settings=TrainSettings(**entry.settings, epochs=refit_epochs or first.best_epoch, patience=0,
+                               seed=seed),
         model_params=entry.params, item_features_path=full.item_features, user_history_path=full.history,
         log=quiet,
     )
     seconds = time.perf_counter() - start
-    return Fitted(load_model(final.model_path), first.best_epoch, first.best_metric, seconds)
+    return Fitted(load_model(final.model_path), refit_epochs or first.best_epoch, first.best_metric, seconds)
 
 
 def counts_by_position(examples_path: str, catalogue) -> np.ndarray:
@@ -420,7 +422,7 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
             if args.only and entry.name not in args.only:
                 continue
             fitted = fit(entry, pv, pf, os.path.join(work, "models", objective), args.max_epochs, args.patience,
-                         seed=args.train_seed)
+                         seed=args.train_seed, refit_epochs=args.refit_epochs)
             recs = recommend(fitted.model, users, catalogue, seen, K)
             row = {"model": entry.name, "objective": objective, "seconds": fitted.seconds,
                    "note": f"{fitted.best_epoch} epochs", **metrics_of(spark, recs, truth)}
@@ -559,6 +561,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-seed", type=int, default=42,
                         help="seed of the models' training (the splits keep theirs): rerun with others to see the "
                              "spread of a model's figures")
+    parser.add_argument("--refit-epochs", type=int, default=None,
+                        help="diagnosis: refit the warm models for this many epochs instead of the validation's best")
     args = parser.parse_args(argv)
     args.only = {n for n in args.only.split(",") if n}
     if not os.path.isfile(os.path.join(args.data, "ratings.csv")):
