@@ -325,7 +325,6 @@ class SplitDense(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation), "l2": self.l2}
 
 
-@keras.saving.register_keras_serializable(package="nightrec")
 def split_mlp_flops(first: SplitDense, rest: "MLP") -> int:
     """Per-pair FLOPs of ``rest(first.combine(user_half, item_half))`` with the halves given.
 
@@ -342,6 +341,7 @@ def split_mlp_flops(first: SplitDense, rest: "MLP") -> int:
     return flops
 
 
+@keras.saving.register_keras_serializable(package="nightrec")
 class MLP(keras.layers.Layer):
     """Dense ReLU layers, optionally with dropout, then an optional linear output.
 

@@ -135,3 +135,18 @@ def test_full_softmax_masks_known_positives_but_keeps_the_row_positive():
     row0 = -(1.0 - np.log(np.exp(1.0) + np.exp(2.0)))         # softmax over columns 0 and 1 only
     row1 = np.log(3.0)                                         # uniform over 3 columns
     assert got == pytest.approx((row0 + row1) / 2, rel=1e-5)
+
+
+def test_every_custom_layer_and_initializer_is_registered_for_saving():
+    import inspect
+
+    import keras
+
+    from models import layers
+
+    classes = [c for _, c in inspect.getmembers(layers, inspect.isclass)
+               if c.__module__ == layers.__name__ and not c.__name__.startswith("_")
+               and issubclass(c, (keras.layers.Layer, keras.initializers.Initializer))]
+    assert {"MLP", "SplitDense", "SideEmbedding"} <= {c.__name__ for c in classes}
+    for cls in classes:
+        assert keras.saving.get_registered_object(f"nightrec>{cls.__name__}") is cls, cls.__name__
