@@ -278,16 +278,16 @@ def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int,
         holdout_catalogue_path=val.heldout_items if rank_heldout_items else None, user_history_path=val.history,
         log=quiet,
     )
+    epochs = refit_epochs or first.best_epoch
     start = time.perf_counter()
     final = train_model(
         entry.kind, full.spec, full.examples, os.path.join(work, "full", entry.name),
-        settings=TrainSettings(**entry.settings, epochs=refit_epochs or first.best_epoch, patience=0,
-                               seed=seed),
+        settings=TrainSettings(**entry.settings, epochs=epochs, patience=0, seed=seed),
         model_params=entry.params, item_features_path=full.item_features, user_history_path=full.history,
         log=quiet,
     )
     seconds = time.perf_counter() - start
-    return Fitted(load_model(final.model_path), refit_epochs or first.best_epoch, first.best_metric, seconds)
+    return Fitted(load_model(final.model_path), epochs, first.best_metric, seconds)
 
 
 def counts_by_position(examples_path: str, catalogue) -> np.ndarray:

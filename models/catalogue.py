@@ -79,11 +79,6 @@ def read_side_table(path: str, side_spec: Mapping, id_col: str, *, unique: bool 
     return SideTable(ids=ids, columns=values)
 
 
-def item_counts(files: list[str], item_col: str, vocab_size: int) -> np.ndarray:
-    """Training rows per item index: [vocab_size] float64."""
-    return index_counts(files, item_col, vocab_size)
-
-
 def index_counts(files: list[str], column: str, vocab_size: int) -> np.ndarray:
     """Rows per value of an index column (``item_idx``, ``user_idx``): [vocab_size] float64."""
     counts = np.zeros(vocab_size, dtype=np.float64)

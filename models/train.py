@@ -37,8 +37,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from models.base import expand_rows, group_rows
-from models.catalogue import (CatalogueItems, NegativeSampler, index_counts, item_counts, read_side_table,
-                              read_user_history)
+from models.catalogue import CatalogueItems, NegativeSampler, index_counts, read_side_table, read_user_history
 from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
 from models.evaluation import RankingHoldout, RatingHoldout
 from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES
@@ -149,7 +148,7 @@ def item_log_frequencies(files: list[str], item_col: str, vocab_size: int) -> np
 
     Indices never seen get the log of half a row's share (a finite value).
     """
-    return log_share(item_counts(files, item_col, vocab_size))
+    return log_share(index_counts(files, item_col, vocab_size))
 
 
 def log_share(counts: np.ndarray) -> np.ndarray:
@@ -244,7 +243,7 @@ def train_model(
         columns["rating"] = 0
     item_col = spec["item"]["id"]["name"]
     vocab = int(spec["item"]["id"]["vocab_size"])
-    counts = item_counts(files, item_col, vocab)
+    counts = index_counts(files, item_col, vocab)
     sampler = everything = None
     extra = settings.extra_negatives if loss_name == "in_batch_softmax" else 0
     if loss_name == "full_softmax":
