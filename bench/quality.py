@@ -60,8 +60,9 @@ from jobs import evaluate, features, history, ingest, sources, split, synthetic 
 from jobs.session import build_spark  # noqa: E402
 
 K = 10
-#: Longest user history written by ``prepare`` (a model with a shorter history_max_len keeps the most recent).
-HISTORY_TABLE_LEN = 1000
+#: Longest user history written by ``prepare`` (a model with a shorter history_max_len keeps the most recent);
+#: ml-latest-small's heaviest user has 2,024 training items.
+HISTORY_TABLE_LEN = 2500
 ML_ITEM_FEATURES = features.MOVIELENS_ITEM_FEATURES   # year, genres (ml-latest has no user demographics)
 
 
@@ -219,6 +220,10 @@ IMPLICIT = [
     # log-Q) at temperature 0.1; tuned on the validation split by bench/tune_history.py.
     Entry("two_tower_history_full", "two_tower", _TT_HISTORY,
           {"loss": "full_softmax", "learning_rate": 0.002, "batch_size": 1024, "temperature": 0.1}),
+    # The factorised item-item model (EASE with B = E Q^T of rank 512): the user is the sum of their history's
+    # embeddings (their whole history), trained on EASE's reconstruction loss; l2 = EASE's lambda / users.
+    Entry("item_item", "item_item", {"embedding_dim": 512, "history_max_len": HISTORY_TABLE_LEN, "l2": 0.3},
+          {"learning_rate": 0.003, "batch_size": 1024}),
     # The dense head scores every (user, item) pair of the batch through rho: no extra negatives.
     Entry("two_tower_dense", "two_tower_dense",
           {"embedding_dim": 64, "tower_layers": [128], "head_layers": [64], "dropout": 0.3},

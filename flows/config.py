@@ -35,6 +35,7 @@ from models.kinds import (
     TWO_STAGE_PARAMS,
     applicable,
     kinds_with,
+    loss_problem,
 )
 
 
@@ -286,6 +287,14 @@ class ModelConfig(_Section):
             return None
         return self.loss or KINDS[self.kind].default_loss
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        """The kind's own defaults (``Kind.defaults``, e.g. item_item's history_max_len) under the given keys."""
+        if isinstance(data, dict) and data.get("kind") in KINDS:
+            return {**KINDS[data["kind"]].defaults, **data}
+        return data
+
     @model_serializer(mode="wrap")
     def _applicable_keys_only(self, handler) -> dict[str, Any]:
         """Dump only the keys that apply to this kind, objective and loss, so a dump parses again."""
@@ -301,6 +310,12 @@ class ModelConfig(_Section):
     def _keys_apply(self) -> "ModelConfig":
         if self.objective == "rating" and "loss" in self.model_fields_set:
             raise ValueError(f"model '{self.name}': 'loss' is for objective implicit; objective rating trains on MSE")
+        problem = loss_problem(self.kind, self.objective, self.loss)
+        if problem:
+            raise ValueError(f"model '{self.name}': {problem}")
+        if self.kind == "item_item" and self.history_max_len < 1:
+            raise ValueError(f"model '{self.name}': kind item_item represents each user by their history; "
+                             "history_max_len must be >= 1 (default 200)")
         allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
         for key in sorted(self.model_fields_set - allowed):
             kinds = kinds_with(key)

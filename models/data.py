@@ -116,7 +116,10 @@ def iter_batches(
         nonlocal pool, pooled
         merged = {n: np.concatenate([p[n] for p in pool]) for n in names}
         order = rng.permutation(pooled) if shuffle else np.arange(pooled)
-        n_full = pooled // batch_size
+        # A shuffling pool keeps half its rows for the next round, so the rows read last (the end of the
+        # last unit, often a few users' rows) are mixed with earlier ones rather than batched on their own.
+        keep = pool_rows // 2 if shuffle and not final else 0
+        n_full = max(0, pooled - keep) // batch_size
         for b in range(n_full):
             sel = order[b * batch_size : (b + 1) * batch_size]
             yield {n: merged[n][sel] for n in names}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 OBJECTIVES = ("implicit", "rating")
-LOSSES = ("in_batch_softmax", "sampled_bce", "full_softmax")
+LOSSES = ("in_batch_softmax", "sampled_bce", "full_softmax", "reconstruction")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
 #: Training hyper-parameters every kind accepts.
@@ -25,7 +25,12 @@ LOSS_PARAMS = {
     "in_batch_softmax": frozenset({"temperature", "log_q", "extra_negatives", "mask_history", "user_weight_power"}),
     "sampled_bce": frozenset({"negatives", "negative_ratio"}),
     "full_softmax": frozenset({"temperature", "mask_history", "user_weight_power"}),
+    "reconstruction": frozenset(),
 }
+#: Kinds that train only with some of the implicit losses (and no rating objective), and the losses that
+#: only some kinds can train with: the reconstruction loss needs the item-item model's own terms e_k . q_k.
+KIND_LOSSES = {"item_item": ("reconstruction",)}
+LOSS_KINDS = {"reconstruction": ("item_item",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Kind:
         params: model hyper-parameters a config may set for this kind
             (beyond ``TRAINING_PARAMS``).
         default_loss: the implicit-feedback loss used unless the config says otherwise.
+        defaults: config values of this kind that differ from the config's defaults.
     """
 
     family: str
@@ -46,6 +52,7 @@ class Kind:
     preset: dict
     params: frozenset
     default_loss: str
+    defaults: dict = dataclasses.field(default_factory=dict)
 
 
 _FEATURES = frozenset({"use_id", "use_features", "id_dropout"})
@@ -71,6 +78,9 @@ KINDS: dict[str, Kind] = {
     "two_tower_dense": Kind(
         "two_tower", "s = rho([psi(u), phi(i)]),  rho = MLP",
         {"tower": "mlp", "head": "dense"}, _TOWER | {"head_layers"}, "in_batch_softmax"),
+    "item_item": Kind(
+        "two_tower", "s = psi(u) . q_i,  psi(u) = sum_{j in h(u)} e_j  (x_u E Q^T: EASE with B = E Q^T of rank d)",
+        {}, frozenset({"history_max_len"}), "reconstruction", {"history_max_len": 200}),
     "deepfm": Kind(
         "deepfm",
         "s = w0 + sum_f w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g + MLP([v_1, ..., v_F])",
@@ -99,7 +109,7 @@ KINDS: dict[str, Kind] = {
 
 #: Kinds whose score is a dot product of a user and an item embedding (``model.factorised``): scored in
 #: Spark from embedding tables, and usable as the retriever of a two-stage ranking.
-FACTORISED_KINDS = frozenset({"mf", "mf_mean", "linear_rs", "two_tower", "fm", "gmf"})
+FACTORISED_KINDS = frozenset({"mf", "mf_mean", "linear_rs", "two_tower", "item_item", "fm", "gmf"})
 
 #: Config keys of the two-stage ranking, for the kinds that are not factorised.
 TWO_STAGE_PARAMS = frozenset({"retrieve_with", "candidates"})
@@ -119,3 +129,19 @@ def applicable(kind: str, loss: str | None) -> frozenset:
 def kinds_with(param: str) -> list[str]:
     """The kinds a model hyper-parameter applies to (for error messages)."""
     return sorted(k for k, info in KINDS.items() if param in info.params)
+
+
+def loss_problem(kind: str, objective: str, loss: str | None) -> str | None:
+    """Why ``kind`` cannot train with this objective and implicit loss (None: it can).
+
+    ``loss`` None means the kind's default loss.
+    """
+    if kind in KIND_LOSSES:
+        if objective != "implicit":
+            return (f"kind {kind} learns from the users' histories only: objective implicit with loss "
+                    f"{' or '.join(KIND_LOSSES[kind])}, not objective {objective}")
+        if loss is not None and loss not in KIND_LOSSES[kind]:
+            return f"kind {kind} trains with loss {' or '.join(KIND_LOSSES[kind])}, not {loss}"
+    if objective == "implicit" and loss in LOSS_KINDS and kind not in LOSS_KINDS[loss]:
+        return f"loss {loss} is for kind {', '.join(LOSS_KINDS[loss])}, not {kind}"
+    return None

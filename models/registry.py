@@ -9,9 +9,11 @@ import keras
 from models.deepfm import DeepFMModel
 from models.kinds import KINDS
 from models.ncf import NCFModel
-from models.two_tower import TwoTowerModel
+from models.two_tower import ItemItemModel, TwoTowerModel
 
 FAMILY_CLASSES = {"two_tower": TwoTowerModel, "deepfm": DeepFMModel, "ncf": NCFModel}
+#: Kinds built by a class of their own rather than as a preset of their family's class.
+KIND_CLASSES = {"item_item": ItemItemModel}
 
 #: config key -> constructor argument, where they differ.
 _ARGUMENT_NAMES = {"tower_layers": "hidden"}
@@ -37,7 +39,8 @@ def build_model(kind: str, spec: Mapping, *, output_bias: float = 0.0, **params)
         raise ValueError(f"{kind}: hyper-parameters {', '.join(unknown)} do not apply to this kind")
     args = {_ARGUMENT_NAMES.get(k, k): v for k, v in params.items()}
     args.update(info.preset)
-    return FAMILY_CLASSES[info.family](dict(spec), kind=kind, output_bias=output_bias, **args)
+    cls = KIND_CLASSES.get(kind, FAMILY_CLASSES[info.family])
+    return cls(dict(spec), kind=kind, output_bias=output_bias, **args)
 
 
 def load_model(path: str) -> keras.Model:

@@ -5,6 +5,8 @@
   over every catalogue item (no sampling, so no correction);
 * implicit feedback, DeepFM and NCF families: binary cross-entropy with
   sampled negatives;
+* implicit feedback, ``item_item``: the squared error of reconstructing
+  each user's whole history row (EASE's loss);
 * explicit ratings: mean squared error.
 """
 
@@ -100,6 +102,32 @@ def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None)
         logits = ops.where(ops.logical_and(known, ops.logical_not(own)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     per_row = -ops.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+    if weights is not None:
+        weights = ops.cast(weights, per_row.dtype)
+        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
+    return ops.mean(per_row)
+
+
+def reconstruction_loss(scores, history, weights=None):
+    """Squared error of each row's user's history row, reconstructed over the whole item vocabulary.
+
+    EASE's loss (Steck 2019): every item is a target, 1 if it is in the user's
+    history, else 0; an item of the history must be scored without its own
+    term (the caller's job: ``ItemItemModel.history_reconstruction``), so
+    no item predicts itself.
+
+    Args:
+        scores: [batch, n_items] the row's user's reconstruction of every item.
+        history: [batch, n_items] 0/1, the row's user's history.
+        weights: [batch] float row weights or None. Rows are (user, item)
+            examples, so a user comes n_u times an epoch; weights 1/n_u make
+            every user's row count once.
+
+    Returns:
+        Scalar: the (weighted) mean over rows of sum_k (history_k - scores_k)^2.
+    """
+    err = ops.cast(history, scores.dtype) - scores
+    per_row = ops.sum(err * err, axis=1)
     if weights is not None:
         weights = ops.cast(weights, per_row.dtype)
         return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)

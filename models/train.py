@@ -16,7 +16,11 @@ Objectives:
 * ``implicit`` with ``full_softmax``: every trained catalogue item is a
   candidate of every row (its item part is computed at every step);
 * ``implicit`` with ``sampled_bce``: each positive row gets
-  ``negative_ratio`` catalogue items drawn uniformly or by popularity.
+  ``negative_ratio`` catalogue items drawn uniformly or by popularity;
+* ``implicit`` with ``reconstruction`` (``item_item``): each row's user's
+  whole history row is reconstructed over the item vocabulary, the row
+  weighted 1/n_u so that every user counts once per epoch (each distinct
+  user of a batch is reconstructed once, with its rows' summed weight).
 
 After each epoch the holdout metric is computed (RMSE for ratings,
 nDCG@K over the catalogue for implicit feedback); training stops after
@@ -37,12 +41,14 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from models.base import expand_rows, group_rows
-from models.catalogue import CatalogueItems, NegativeSampler, index_counts, read_side_table, read_user_history
+from models.catalogue import (FULL_SOFTMAX_MAX_ITEMS, CatalogueItems, NegativeSampler, index_counts, read_side_table,
+                              read_user_history)
 from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
 from models.evaluation import RankingHoldout, RatingHoldout
-from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES
+from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, loss_problem
 from models.registry import build_model, load_model
-from models.tasks import full_softmax_loss, in_batch_softmax_from_scores, rating_loss, sampled_bce_loss
+from models.tasks import (full_softmax_loss, in_batch_softmax_from_scores, rating_loss, reconstruction_loss,
+                          sampled_bce_loss)
 
 MODEL_FILE = "model.keras"
 _SOFTMAX_LOSSES = ("in_batch_softmax", "full_softmax")
@@ -58,7 +64,8 @@ class TrainSettings:
 
     Attributes:
         objective: "implicit" (top-K from interactions) or "rating" (regression).
-        loss: implicit loss, "in_batch_softmax", "sampled_bce" or "full_softmax" (None: the kind's default).
+        loss: implicit loss, "in_batch_softmax", "sampled_bce", "full_softmax" or "reconstruction"
+            (``item_item`` only) (None: the kind's default).
         epochs: maximum epochs.
         batch_size: global batch size (split across replicas).
         learning_rate: Adam learning rate.
@@ -111,6 +118,9 @@ class TrainSettings:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.loss is not None and self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        problem = loss_problem(kind, self.objective, self.loss)
+        if problem:
+            raise ValueError(problem)
         if not 0.0 <= self.user_weight_power <= 1.0:
             raise ValueError(f"user_weight_power must be in [0, 1], got {self.user_weight_power!r}")
         if self.user_weight_power and self.resolved_loss(kind) not in _SOFTMAX_LOSSES:
@@ -262,9 +272,14 @@ def train_model(
         mode = settings.negatives if loss_name == "sampled_bce" else "uniform"
         sampler = NegativeSampler(catalogue, item_col, counts, mode=mode, seed=settings.seed)
     user_weight = None
-    if settings.user_weight_power and loss_name in _SOFTMAX_LOSSES:
+    # reconstruction: a user's rows each reconstruct the user's whole history, so each weighs 1/n_u
+    weight_power = 1.0 if loss_name == "reconstruction" else settings.user_weight_power
+    if weight_power and loss_name in _SOFTMAX_LOSSES + ("reconstruction",):
         rows = index_counts(files, spec["user"]["id"]["name"], int(spec["user"]["id"]["vocab_size"]))
-        user_weight = tf.constant(np.maximum(rows, 1.0) ** -settings.user_weight_power, tf.float32)
+        user_weight = tf.constant(np.maximum(rows, 1.0) ** -weight_power, tf.float32)
+    if loss_name == "reconstruction" and vocab > FULL_SOFTMAX_MAX_ITEMS:
+        raise ValueError(f"{kind}: loss reconstruction scores every item of the vocabulary at every step; "
+                         f"{vocab:,} items is more than {FULL_SOFTMAX_MAX_ITEMS:,}")
     # In-batch softmax correction: log of each item's expected count among a replica's candidates.
     expected = (batch_size // replicas) * np.exp(log_share(counts).astype(np.float64))
     if extra:
@@ -291,13 +306,20 @@ def train_model(
     def objective_loss(batch, step):
         if settings.objective == "rating":
             return rating_loss(model(batch, training=True), batch["rating"])
+        weights = None
+        if user_weight is not None:
+            weights = tf.gather(user_weight, tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
+        if loss_name == "reconstruction":
+            # Every row of a user reconstructs the same history row: reconstruct each distinct user of the
+            # batch once, weighted by the sum of its rows' weights (the same loss, a fraction of the work).
+            users, row_user = tf.unique(tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
+            user_weights = tf.math.unsorted_segment_sum(weights, row_user, tf.size(users))
+            history_rows, reconstructed = model.history_reconstruction({spec["user"]["id"]["name"]: users})
+            return reconstruction_loss(reconstructed, history_rows, weights=user_weights) + model.penalty()
         user = model.user_parts(batch, training=True)
         item = model.item_parts(batch, training=True) if loss_name != "full_softmax" else None
         item_idx = batch[item_col]
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        weights = None
-        if user_weight is not None:
-            weights = tf.gather(user_weight, tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
         if loss_name == "in_batch_softmax":
             scores = model.pair_scores(user, item, cross=True, training=True)
             ids = item_idx

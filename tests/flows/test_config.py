@@ -115,10 +115,11 @@ def test_two_stage_keys_are_checked():
 
 def test_a_dumped_config_parses_again_to_the_same_config():
     # The CLI hands the flow cfg.model_dump(); every kind, objective and loss must survive the round trip.
-    from models.kinds import KINDS
+    from models.kinds import KIND_LOSSES, KINDS
 
     models = [{"name": f"{kind}_{objective}", "kind": kind, "objective": objective}
-              for kind in sorted(KINDS) for objective in ("implicit", "rating")]
+              for kind in sorted(KINDS) for objective in ("implicit", "rating")
+              if not (kind in KIND_LOSSES and objective == "rating")]
     models.append({"name": "tt_bce", "kind": "two_tower", "loss": "sampled_bce", "negative_ratio": 3})
     models.append({"name": "ranker", "kind": "deepfm", "retrieve_with": "mf_implicit", "candidates": 30})
     cfg = parse_config({"models": models}, "nightly.yaml")
@@ -127,6 +128,8 @@ def test_a_dumped_config_parses_again_to_the_same_config():
     assert again == cfg and again.config_hash() == cfg.config_hash()
     by_name = {m["name"]: m for m in dumped["models"]}
     assert "tower_layers" in by_name["two_tower_implicit"] and "tower_layers" not in by_name["mf_implicit"]
+    item_item = by_name["item_item_implicit"]
+    assert item_item["history_max_len"] == 200 and "temperature" not in item_item
     assert "loss" not in by_name["mf_rating"] and "temperature" not in by_name["mf_rating"]
     assert by_name["tt_bce"]["negative_ratio"] == 3 and "temperature" not in by_name["tt_bce"]
     assert by_name["ranker"]["candidates"] == 30 and "candidates" not in by_name["deepfm_implicit"]
@@ -173,3 +176,22 @@ def test_full_softmax_loss_and_its_keys():
         [{"name": "w", "kind": "deepfm", "user_weight_power": 0.5}])
     dumped = cfg.model_dump(mode="json")["models"][0]
     assert dumped["loss"] == "full_softmax" and "log_q" not in dumped and "extra_negatives" not in dumped
+
+
+def test_item_item_keys_are_checked():
+    cfg = parse_config({"models": [{"name": "ii", "kind": "item_item"}]})
+    model = cfg.models[0]
+    assert model.resolved_loss == "reconstruction" and model.model_params()["history_max_len"] == 200
+    assert model.train_settings()["loss"] == "reconstruction"
+    assert parse_config({"models": [{"name": "ii", "kind": "item_item", "history_max_len": 50, "l2": 0.3}]}) \
+        .models[0].model_params() == {"embedding_dim": 32, "history_max_len": 50, "l2": 0.3}
+    assert "model 'ii': kind item_item learns from the users' histories only" in _models_error(
+        [{"name": "ii", "kind": "item_item", "objective": "rating"}])
+    assert "model 'ii': kind item_item trains with loss reconstruction, not full_softmax" in _models_error(
+        [{"name": "ii", "kind": "item_item", "loss": "full_softmax"}])
+    assert "model 'tt': loss reconstruction is for kind item_item, not two_tower" in _models_error(
+        [{"name": "tt", "kind": "two_tower", "loss": "reconstruction"}])
+    assert "history_max_len must be >= 1 (default 200)" in _models_error(
+        [{"name": "ii", "kind": "item_item", "history_max_len": 0}])
+    assert "key 'temperature' does not apply to kind item_item" in _models_error(
+        [{"name": "ii", "kind": "item_item", "temperature": 0.5}])

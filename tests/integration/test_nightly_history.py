@@ -1,4 +1,4 @@
-"""The nightly flow with a two-tower that reads the users' histories (history_max_len)."""
+"""The nightly flow with models that read the users' histories (history_max_len): a two-tower and item_item."""
 
 import json
 import os
@@ -20,7 +20,10 @@ def history_run(spark, prefect_server, tmp_path_factory):
     model = {**TINY["models"][0], "name": "tt_history", "history_max_len": MAX_LEN, "mask_history": True}
     # The same model trained with a softmax over the whole catalogue and per-user weights.
     full = {**model, "name": "tt_full", "loss": "full_softmax", "user_weight_power": 0.5}
-    summary = nightly(ds=DS, config={**TINY, "models": [model, full], "warehouse": str(warehouse)})
+    # The item-item model: the user is the sum of their history's embeddings.
+    item_item = {"name": "item_item", "kind": "item_item", "history_max_len": MAX_LEN, "embedding_dim": 8,
+                 "l2": 0.01, "epochs": 2, "batch_size": 128}
+    summary = nightly(ds=DS, config={**TINY, "models": [model, full, item_item], "warehouse": str(warehouse)})
     return warehouse, summary
 
 
@@ -43,11 +46,33 @@ def test_published_model_holds_the_full_windows_histories(history_run):
     np.testing.assert_array_equal(np.asarray(model.user_history), expected)
 
 
-@pytest.mark.parametrize("name", ["tt_history", "tt_full"])
+@pytest.mark.parametrize("name", ["tt_history", "tt_full", "item_item"])
 def test_recommendations_and_metrics_are_published(history_run, name):
     warehouse, summary = history_run
     recs = pd.read_parquet(os.path.join(warehouse, "recommendations", f"ds={DS}", f"model={name}"))
     assert recs.groupby("user_id").size().max() == TINY["publish"]["k"]
     assert name in summary["metrics"]
     with open(os.path.join(warehouse, "models", f"ds={DS}", f"model={name}", "train.json")) as fh:
-        assert json.load(fh)["loss"] == ("full_softmax" if name == "tt_full" else "in_batch_softmax")
+        expected = {"tt_full": "full_softmax", "item_item": "reconstruction"}.get(name, "in_batch_softmax")
+        assert json.load(fh)["loss"] == expected
+
+
+def test_item_item_user_embeddings_are_the_sums_of_their_history_items(history_run):
+    from models.registry import load_model
+
+    warehouse, _ = history_run
+    folder = os.path.join(warehouse, "models", f"ds={DS}", "model=item_item")
+    model = load_model(os.path.join(folder, "model.keras"))
+    lists = np.asarray(model.user_history)
+    table = np.asarray(model.history_items.embeddings)
+    users = pd.read_parquet(os.path.join(folder, "user_embeddings.parquet"))
+    events = _events_through_ds()
+    user_index = {u: n + 2 for n, u in enumerate(sorted(events.user_id.unique()))}
+    assert set(user_index) <= set(users.user_id)
+    for user_id, embedding in zip(users.user_id, users.embedding):
+        if user_id not in user_index:     # a user of the users table without events: no history, zeros
+            np.testing.assert_array_equal(embedding, 0.0)
+            continue
+        history = lists[user_index[user_id]]
+        assert (history >= 0).sum() == min(MAX_LEN, events[events.user_id == user_id].item_id.nunique())
+        np.testing.assert_allclose(embedding, table[history[history >= 0]].sum(axis=0), rtol=1e-5, atol=1e-6)

@@ -34,6 +34,19 @@ def test_batches_cover_all_rows_once_and_pad_lists(tmp_path):
             assert x == i * 0.5
 
 
+def test_the_shuffle_pool_mixes_the_last_rows_read_with_earlier_ones(tmp_path):
+    # Three files of 100 rows, file f holding ids f*100.. (as examples files group one user's rows).
+    files = parquet_files(_write(tmp_path, n_files=3, rows=100))
+    batches = list(iter_batches(files, {"id": 0}, 20, shuffle=True, seed=3, pool_rows=100))
+    ids = np.concatenate([b["id"] for b in batches])
+    assert sorted(ids.tolist()) == list(range(300))
+    # The pool keeps half its rows when it drains, so the first file's batches are the only ones that can
+    # come from a single file (draining the whole pool would batch each file's rows on their own).
+    assert [len(b["id"]) for b in batches] == [20] * 15
+    files_per_batch = [len(set((b["id"] // 100).tolist())) for b in batches]
+    assert files_per_batch[:2] == [1, 1] and min(files_per_batch[2:]) >= 2
+
+
 def test_shuffle_is_deterministic_by_seed_and_shards_split_files(tmp_path):
     files = parquet_files(_write(tmp_path))
     cols = {"id": 0}

@@ -98,9 +98,16 @@ def test_every_kind_trains_saves_and_reloads(kind, tmp_path):
     path, _ = _examples(tmp_path, n=256)
     objective = "rating" if kind in ("mf_mean", "deepfm", "neumf") else "implicit"
     params = {"embedding_dim": 4, **{k: v for k, v in SMALL.items() if k in KINDS[kind].params}}
+    history = None
+    if kind == "item_item":     # the user is their history: every user's items 2..4 or 5..7
+        history = _write(tmp_path / "history", pa.table({
+            "user_idx": pa.array(range(2, 12), pa.int32()),
+            "history": pa.array([[2, 3, 4] if u % 2 == 0 else [5, 6, 7] for u in range(2, 12)],
+                                pa.list_(pa.int32()))}))
     result = train_model(kind, SPEC, path, str(tmp_path / kind),
                          settings=TrainSettings(objective=objective, epochs=2, batch_size=64, seed=1),
-                         model_params=params, item_features_path=_catalogue(tmp_path), log=lambda _: None)
+                         model_params=params, item_features_path=_catalogue(tmp_path), user_history_path=history,
+                         log=lambda _: None)
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
     saved = json.loads(open(tmp_path / kind / "train.json").read())
     assert saved["kind"] == kind and saved["objective"] == objective and saved["best_epoch"] == 2
