@@ -408,6 +408,10 @@ class ItemItemModel(UserHistoryLists, RecommenderModel):
                                                     embeddings_initializer=ReservedZerosNormal(0.01))
         self.items = keras.layers.Embedding(vocab, self.embedding_dim, name="items",
                                             embeddings_initializer=ReservedZerosNormal(0.01))
+        # Built now: the towers read the tables themselves (a sparse product, the Gram matrices), not only
+        # through the layers' calls.
+        self.history_items.build()
+        self.items.build()
 
     @property
     def factorised(self) -> bool:
@@ -423,8 +427,6 @@ class ItemItemModel(UserHistoryLists, RecommenderModel):
 
     def user_parts(self, inputs, training=False):
         """{"vec": psi(u) = sum_{j in h(u)} e_j [n, d]} (zeros for a user without history)."""
-        if not self.history_items.built:
-            self.history_items.build()
         return {"vec": tf.sparse.sparse_dense_matmul(self._history_rows(inputs), self.history_items.embeddings)}
 
     def item_parts(self, inputs, training=False):
@@ -450,10 +452,6 @@ class ItemItemModel(UserHistoryLists, RecommenderModel):
             (x [n, vocab] 0/1 history rows, s [n, vocab] scores x_u E Q^T with the history items'
             own terms e_k . q_k removed), the reserved indices (null, unseen) left out of both.
         """
-        if not self.history_items.built:
-            self.history_items.build()
-        if not self.items.built:
-            self.items.build()
         x = tf.sparse.to_dense(self._history_rows(inputs))
         e, q = self.history_items.embeddings, self.items.embeddings
         scores = tf.matmul(tf.matmul(x, e), q, transpose_b=True) - x * tf.reduce_sum(e * q, axis=1)[None, :]
