@@ -7,9 +7,10 @@ from collections.abc import Mapping
 import keras
 
 from models.deepfm import DeepFMModel
+from models.item_item import ItemItemModel
 from models.kinds import KINDS
 from models.ncf import NCFModel
-from models.two_tower import ItemItemModel, TwoTowerModel
+from models.two_tower import TwoTowerModel
 
 FAMILY_CLASSES = {"two_tower": TwoTowerModel, "deepfm": DeepFMModel, "ncf": NCFModel}
 #: Kinds built by a class of their own rather than as a preset of their family's class.
