@@ -349,7 +349,7 @@ HEADER = (f"{'model':<26}{'objective':<9}{'P@10':>8}{'R@10':>8}{'nDCG@10':>8}{'M
 def warm_movielens(spark, args, work: str, log) -> list[dict]:
     """Section 1: the per-user stratified 75/25 split of ml-latest-small."""
     from models.evaluation import RankingHoldout, ranking_metrics
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     ratings, movies = load_movielens(spark, args.data)
     ratings = ratings.cache()
@@ -448,7 +448,7 @@ def _cold_entries(args) -> list[Entry]:
 
 def cold_users(spark, args, work: str, log) -> list[dict]:
     """Section 3a: synthetic data, 20% of users held out entirely, scored from demographics alone."""
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     spec = synthetic.SyntheticSpec(n_users=2000, n_items=1000, ratings_per_user=40.0, seed=7)
     world = synthetic.make_world(spec)
@@ -501,7 +501,7 @@ def genre_popularity(examples_path: str, candidates, genre_col: str = "item_genr
 
 def cold_items(spark, args, work: str, log) -> list[dict]:
     """Section 3b: ml-latest-small, 20% of items held out entirely, scored from genres and year alone."""
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     ratings, movies = load_movielens(spark, args.data)
     ratings = ratings.cache()

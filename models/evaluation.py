@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from models.catalogue import SideTable, read_side_table
 from models.data import input_columns, iter_batches, parquet_files, to_feed
-from models.topk import top_k_blocks
+from models.model_scoring import top_k_blocks
 
 
 def ranking_metrics(top: np.ndarray, relevant: list[np.ndarray], k: int) -> dict[str, float]:

@@ -64,7 +64,8 @@ def export_embeddings(model, user_features_path: str, item_features_path: str, o
         {"user": path, "item": path}.
     """
     if not model.factorised:
-        raise TypeError(f"{model.kind}: not factorised, it has no embedding tables; score it with models.topk")
+        raise TypeError(f"{model.kind}: not factorised, it has no embedding tables; score it with "
+                        "models.model_scoring")
     out = {}
     for side, path, embed in (("user", user_features_path, model.user_embedding),
                               ("item", item_features_path, model.item_embedding)):

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 
 from models.catalogue import SideTable
+from models.model_scoring import recommend, recommend_two_stage
 from models.registry import build_model
-from models.topk import recommend, recommend_two_stage
 
 from tests.models.test_models import SPEC
 
@@ -126,7 +126,7 @@ def _spark_top_k(spark, model_path, item_path, user_table, seen, k, *, item_vect
     import functools
 
     from jobs import scoring
-    from models.topk import ArrowBatchScorer, catalogue_scorer
+    from models.model_scoring import ArrowBatchScorer, catalogue_scorer
 
     rows = user_table.append_column("seen_pos", pa.array([s.tolist() for s in seen], pa.list_(pa.int32())))
     rows = rows.append_column("source", pa.array(["model"] * len(seen)))
