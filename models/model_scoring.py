@@ -20,6 +20,7 @@ import pyarrow as pa
 import tensorflow as tf
 
 from jobs.arrays import float_matrix, list_offsets
+from jobs.storage import Location
 from models.catalogue import read_side_table
 from models.data import arrow_columns, side_columns
 from models.registry import load_model
@@ -316,16 +317,19 @@ class ArrowBatchScorer:
         return rows.astype(np.int64), positions.astype(np.int64), values.astype(np.float32)
 
 
-def catalogue_scorer(model_path: str, item_features_path: str, *, item_block: int = 4096) -> ModelBlockScorer:
+def catalogue_scorer(model_file: Location, item_features: Location, *, item_block: int = 4096) -> ModelBlockScorer:
     """Load a saved model and compute its item parts over a catalogue (once per Spark worker).
 
+    Meant to be built once per Python worker (``jobs.scoring.worker_cached``, keyed by
+    ``models.registry.version_key(model_file, item_features)``).
+
     Args:
-        model_path: the ``.keras`` file.
-        item_features_path: the item feature table (Parquet) the catalogue is read from, sorted by item id.
+        model_file: the saved ``.keras`` file.
+        item_features: the item feature table (Parquet) the catalogue is read from, in any row order.
 
     Returns:
         ``ModelBlockScorer`` whose catalogue position p is the p-th smallest item id of the table.
     """
-    model = load_model(model_path)
-    catalogue = read_side_table(item_features_path, model.spec["item"], "item_id")
+    model = load_model(model_file)
+    catalogue = read_side_table(item_features, model.spec["item"], "item_id")
     return ModelBlockScorer(model, catalogue.columns, item_block=item_block)
