@@ -33,7 +33,9 @@ def test_embed_rows_builds_the_embedder_once_per_worker(spark):
 def test_embed_rows_with_a_saved_tower_matches_the_tower(spark, tmp_path):
     import functools
 
+    from jobs.storage import Location
     from models.export import side_embedder
+    from models.registry import version_key
     from models.two_tower import TwoTowerModel
 
     spec = {
@@ -46,12 +48,13 @@ def test_embed_rows_with_a_saved_tower_matches_the_tower(spark, tmp_path):
     feed = {"item_idx": np.array([2, 3, 4], np.int32), "item_tags": np.array([[2, 3], [3, -1], [-1, -1]], np.int32)}
     direct = np.asarray(model.item_tower(feed))
     model(feed | {"user_idx": np.array([2, 3, 4], np.int32), "user_x": np.zeros(3, np.float32)})
-    path = str(tmp_path / "model.keras")
-    model.save(path)
+    model_file = Location(str(tmp_path / "model.keras"))
+    model.save(model_file.local_path)
     items = spark.createDataFrame([(10, 2, [2, 3]), (20, 3, [3]), (30, 4, [])],
                                   "item_id int, item_idx int, item_tags array<int>")
     emb = embeddings.embed_rows(items, id_col="item_id", columns=["item_idx", "item_tags"],
-                             build_embedder=functools.partial(side_embedder, path, "item"), cache_key=path)
+                             build_embedder=functools.partial(side_embedder, model_file, "item"),
+                             cache_key=f"{version_key(model_file)}:item")
     ids, matrix = embeddings.collect_embeddings(emb, "item_id")
     assert ids.to_pylist() == [10, 20, 30]
     np.testing.assert_allclose(matrix, direct, rtol=1e-5, atol=1e-6)
