@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import time
 import uuid
 
@@ -190,6 +191,7 @@ def embed_task(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel, fi
     """
     from models.data import side_columns
     from models.export import side_embedder
+    from models.registry import version_key
 
     if not trained.factorised:
         return None
@@ -201,8 +203,8 @@ def embed_task(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel, fi
         out.save(embeddings.embed_rows(
             cat.dataset(f"{fitted.name}.{side}_features").load(spark), id_col=f"{side}_id",
             columns=list(side_columns(spec[side])),
-            build_embedder=lambda model=trained.model.location, side=side: side_embedder(model, side),
-            cache_key=f"{trained.model.uri}@{trained.model.location.mtime_ns()}:{side}",
+            build_embedder=functools.partial(side_embedder, trained.model_file, side),
+            cache_key=f"{version_key(trained.model_file)}:{side}",
         ).sort(f"{side}_id"))
         tables[side] = out
     return Embeddings(**tables)
@@ -224,7 +226,7 @@ def _recommend(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, t
                                                                                            "user_id"),
                                          item_ids=item_ids, item_matrix=item_matrix)
     from models.data import side_columns
-    from models.topk import spark_scorer_factory
+    from models.model_scoring import spark_scorer_factory
 
     item_features = cat.dataset(f"{window}.item_features").location
     item_ids = embeddings.read_ids(item_features, "item_id")
@@ -234,7 +236,7 @@ def _recommend(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, t
         table_ids, matrix = embeddings.load_embeddings(tables.item.location, "item_id")
         retriever = (embeddings.read_embeddings(spark, tables.user.location, "user_id"),
                      recommend.rows_for(item_ids, table_ids, matrix, f"retriever {model_cfg.retrieve_with}"))
-    build_scorer = spark_scorer_factory(trained.model.location, item_features, k, block_rows=cfg.scoring.block_rows,
+    build_scorer = spark_scorer_factory(trained.model_file, item_features, k, block_rows=cfg.scoring.block_rows,
                                         candidates=model_cfg.candidates if retriever is not None else None)
     return recommend.with_scorer(**common, item_ids=item_ids, user_columns=list(side_columns(fitted.state.model_spec()["user"])),
                                  build_scorer=build_scorer, retriever=retriever)
@@ -263,7 +265,7 @@ def evaluate_task(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig
         from models.evaluation import RatingHoldout
         from models.registry import load_model
 
-        model = load_model(trained.model.location)
+        model = load_model(trained.model_file)
         result = dataclasses.replace(result, rating=RatingHoldout(holdout.location, model.spec).evaluate(model))
         line += f"; rmse {result.rating['rmse']:.4f}, mae {result.rating['mae']:.4f}"
     _log(line)

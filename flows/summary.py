@@ -14,6 +14,7 @@ from typing import Any
 from jobs.features import FeatureDecl, FeatureState
 from jobs.run_catalogue import Dataset
 from jobs.storage import Location
+from models.settings import MODEL_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,11 @@ class TrainedModel:
     model: Dataset
     best_epoch: int
     factorised: bool
+
+    @property
+    def model_file(self) -> Location:
+        """The saved ``.keras`` file in the model folder."""
+        return self.model.location / MODEL_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,8 @@ The other models are scored with ``score_matrix`` (see ``models.model_scoring``)
 
 from __future__ import annotations
 
-import keras
-from keras import ops
-
 from models.layers import side_field_names
+from models.tf_runtime import keras, ops
 
 
 def dot(u, v, cross=False):

@@ -14,11 +14,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import tensorflow as tf
 
 from jobs.storage import Location
-from models.data import arrow_columns, parquet_files, read_column, read_columns, read_parquet, side_columns, to_feed
+from models.data import (
+    arrow_columns,
+    parquet_files,
+    read_column,
+    read_columns,
+    read_parquet,
+    side_columns,
+    to_feed,
+)
 from models.layers import RESERVED_ROWS
+from models.tf_runtime import tf
 
 
 @dataclasses.dataclass

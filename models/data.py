@@ -16,10 +16,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import tensorflow as tf
 
 from jobs.storage import Location
 from models.layers import PAD
+from models.tf_runtime import tf
 
 
 def check_location(value, what: str) -> Location:

@@ -23,12 +23,17 @@ the first layer of the MLP splits into a user half and an item half.
 
 from __future__ import annotations
 
-import keras
-from keras import ops
-
 from models.base import RecommenderModel, add_sides, dot
-from models.layers import (MLP, CrossedWeights, FieldVectors, LinearSide, SplitDense, side_field_names,
-                           split_mlp_flops)
+from models.layers import (
+    MLP,
+    CrossedWeights,
+    FieldVectors,
+    LinearSide,
+    SplitDense,
+    side_field_names,
+    split_mlp_flops,
+)
+from models.tf_runtime import keras, ops
 
 
 def default_crosses(spec) -> list[list[str]]:

@@ -19,7 +19,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.storage import Location
-from models.data import arrow_columns, check_location, iter_batches, parquet_files, read_column, side_columns, to_feed
+from models.data import (
+    arrow_columns,
+    check_location,
+    iter_batches,
+    parquet_files,
+    read_column,
+    side_columns,
+    to_feed,
+)
 from models.registry import load_model
 
 EMBEDDING_FILES = {"user": "user_embeddings.parquet", "item": "item_embeddings.parquet"}

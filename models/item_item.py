@@ -6,12 +6,9 @@ it trains with the reconstruction loss (``models.tasks.reconstruction_loss``).
 
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
-from keras import ops
-
 from models.base import RecommenderModel, dot
 from models.layers import RESERVED_ROWS, ReservedZerosNormal
+from models.tf_runtime import keras, ops, tf
 from models.user_history import UserHistoryLists
 
 

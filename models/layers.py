@@ -17,8 +17,7 @@ unknown id adds nothing and the score comes from the side features alone.
 
 from __future__ import annotations
 
-import keras
-from keras import ops
+from models.tf_runtime import keras, ops
 
 PAD = -1
 RESERVED_ROWS = 2  # index 0 = null, 1 = unseen (jobs.features)

@@ -12,18 +12,19 @@ selection kernel is ``jobs.topk``).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import tensorflow as tf
 
 from jobs.arrays import float_matrix, list_offsets
 from jobs.storage import Location
 from models.catalogue import read_side_table
 from models.data import arrow_columns, side_columns
-from models.registry import load_model
+from models.registry import load_model, version_key
+from models.tf_runtime import tf
 
 
 def _rows(columns: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
@@ -333,3 +334,30 @@ def catalogue_scorer(model_file: Location, item_features: Location, *, item_bloc
     model = load_model(model_file)
     catalogue = read_side_table(item_features, model.spec["item"], "item_id")
     return ModelBlockScorer(model, catalogue.columns, item_block=item_block)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_catalogue_scorer(key: str, model_file: Location, item_features: Location) -> ModelBlockScorer:
+    return catalogue_scorer(model_file, item_features)
+
+
+def spark_scorer_factory(model_file: Location, item_features: Location, k: int, *, block_rows: int,
+                         candidates: int | None = None):
+    """``build_scorer(item_vectors, first_position)`` for ``jobs.recommend.with_scorer`` (and ``score_in_spark``).
+
+    Each Python worker loads the model and computes the catalogue's item parts once per model version
+    (``models.registry.version_key``, taken here on the driver); every task then wraps it in an
+    ``ArrowBatchScorer`` (exhaustive, or two-stage when ``item_vectors`` are given).
+
+    Args:
+        model_file: the saved ``.keras`` file; ``item_features``: the catalogue's feature table.
+        k: recommendations per user; block_rows: users per scoring step.
+        candidates: two-stage ranking: the retriever's candidates per user.
+    """
+    key = version_key(model_file, item_features)
+
+    def build_scorer(item_vectors: np.ndarray | None, first_position: int) -> ArrowBatchScorer:
+        scorer = _cached_catalogue_scorer(key, model_file, item_features)
+        return ArrowBatchScorer(scorer, k, block_rows=block_rows, item_vectors=item_vectors, candidates=candidates)
+
+    return build_scorer

@@ -17,11 +17,9 @@ layer splits into user and item halves (``models.layers.SplitDense``).
 
 from __future__ import annotations
 
-import keras
-from keras import ops
-
 from models.base import RecommenderModel, dot
 from models.layers import MLP, SideEmbedding, SplitDense, split_mlp_flops
+from models.tf_runtime import keras, ops
 
 
 @keras.saving.register_keras_serializable(package="nightrec")

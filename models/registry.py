@@ -6,14 +6,13 @@ import os
 import tempfile
 from collections.abc import Mapping
 
-import keras
-
 from jobs.storage import Location
 from models.data import check_location
 from models.deepfm import DeepFMModel
 from models.item_item import ItemItemModel
 from models.kinds import KINDS
 from models.ncf import NCFModel
+from models.tf_runtime import keras
 from models.two_tower import TwoTowerModel
 
 FAMILY_CLASSES = {"two_tower": TwoTowerModel, "deepfm": DeepFMModel, "ncf": NCFModel}

@@ -11,6 +11,9 @@ import dataclasses
 
 from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, loss_problem
 
+#: The saved Keras model inside a model folder (beside ``train.json`` and ``feature_state.json``).
+MODEL_FILE = "model.keras"
+
 #: The implicit losses that are a softmax over candidates (their examples can be weighed per user).
 SOFTMAX_LOSSES = ("in_batch_softmax", "full_softmax")
 

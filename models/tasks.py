@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from keras import ops
+from models.tf_runtime import ops
 
 _MASK_LOGIT = -1e9
 

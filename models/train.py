@@ -35,24 +35,41 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from jobs.storage import Location
 from models.base import expand_rows, group_rows
-from models.catalogue import (FULL_SOFTMAX_MAX_ITEMS, CatalogueItems, NegativeSampler, index_counts, read_side_table,
-                              read_user_history)
-from models.data import (check_location, count_rows, input_columns, iter_batches, make_dataset, parquet_files,
-                         read_parquet, to_feed)
+from models.catalogue import (
+    FULL_SOFTMAX_MAX_ITEMS,
+    CatalogueItems,
+    NegativeSampler,
+    index_counts,
+    read_side_table,
+    read_user_history,
+)
+from models.data import (
+    check_location,
+    count_rows,
+    input_columns,
+    iter_batches,
+    make_dataset,
+    parquet_files,
+    read_parquet,
+    to_feed,
+)
 from models.evaluation import RankingHoldout, RatingHoldout
 from models.kinds import KINDS
 from models.registry import build_model, load_model
-from models.settings import SOFTMAX_LOSSES, TrainSettings
-from models.tasks import (full_softmax_loss, in_batch_softmax_from_scores, rating_loss, reconstruction_loss,
-                          sampled_bce_loss)
+from models.settings import MODEL_FILE, SOFTMAX_LOSSES, TrainSettings
+from models.tasks import (
+    full_softmax_loss,
+    in_batch_softmax_from_scores,
+    rating_loss,
+    reconstruction_loss,
+    sampled_bce_loss,
+)
+from models.tf_runtime import keras, tf
 
-MODEL_FILE = "model.keras"
 FEATURE_STATE_FILE = "feature_state.json"
 TRAIN_FILE = "train.json"
 

@@ -31,12 +31,18 @@ so exported tables score exactly.
 
 from __future__ import annotations
 
-import keras
-from keras import ops
-
 from models.base import RecommenderModel, add_sides, dot
-from models.layers import (MLP, PAD, LinearSide, MaskedMeanPooling, ReservedZerosNormal, SideEmbedding, SplitDense,
-                           split_mlp_flops)
+from models.layers import (
+    MLP,
+    PAD,
+    LinearSide,
+    MaskedMeanPooling,
+    ReservedZerosNormal,
+    SideEmbedding,
+    SplitDense,
+    split_mlp_flops,
+)
+from models.tf_runtime import keras, ops
 from models.user_history import UserHistoryLists
 
 TOWER_MODES = ("id", "linear", "mlp")

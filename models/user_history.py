@@ -8,11 +8,8 @@ and its user side still takes only the user's columns.
 
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
-from keras import ops
-
 from models.layers import PAD
+from models.tf_runtime import keras, ops, tf
 
 
 class UserHistoryLists:

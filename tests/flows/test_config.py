@@ -69,9 +69,10 @@ def test_models_section_kinds_objectives_and_their_keys():
     ]})
     mf, dfm, tt = cfg.models
     assert mf.resolved_loss is None and mf.model_params() == {"embedding_dim": 8, "l2": 0.0}
-    assert mf.train_settings()["objective"] == "rating"
+    assert mf.train_settings(seed=1, eval_k=10).objective == "rating"
     assert dfm.resolved_loss == "sampled_bce" and dfm.model_params()["deep_layers"] == [16]
-    assert dfm.train_settings()["negatives"] == "popularity" and dfm.train_settings()["negative_ratio"] == 2
+    dfm_settings = dfm.train_settings(seed=1, eval_k=10)
+    assert dfm_settings.negatives == "popularity" and dfm_settings.negative_ratio == 2
     assert tt.resolved_loss == "in_batch_softmax" and tt.model_params()["normalize"] is True
 
 
@@ -114,7 +115,8 @@ def test_two_stage_keys_are_checked():
 
 
 def test_a_dumped_config_parses_again_to_the_same_config():
-    # The CLI hands the flow cfg.model_dump(); every kind, objective and loss must survive the round trip.
+    # `nightrec config` prints cfg.model_dump() for a user to keep as a file: every kind, objective and loss
+    # must survive the round trip.
     from models.kinds import KIND_LOSSES, KINDS
 
     models = [{"name": f"{kind}_{objective}", "kind": kind, "objective": objective}
@@ -151,7 +153,7 @@ def test_history_keys_are_checked():
     assert "mask_history masks softmax negatives found in the user's history; it needs history_max_len" in \
         _models_error([{"name": "h", "kind": "two_tower", "mask_history": True}])
     assert parse_config({"models": [{"name": "h", "history_max_len": 5, "mask_history": True}]}).models[0] \
-        .train_settings()["mask_history"] is True
+        .train_settings(seed=1, eval_k=10).mask_history is True
     assert "key 'mask_history' does not apply" in _models_error(
         [{"name": "h", "kind": "two_tower", "objective": "rating", "history_max_len": 5, "mask_history": True}])
     assert "history_dropout needs history_max_len >= 1" in _models_error(
@@ -163,14 +165,14 @@ def test_history_keys_are_checked():
 def test_full_softmax_loss_and_its_keys():
     cfg = parse_config({"models": [{"name": "f", "kind": "two_tower", "loss": "full_softmax", "temperature": 0.05,
                                     "history_max_len": 5, "mask_history": True}]})
-    settings = cfg.models[0].train_settings()
-    assert settings["loss"] == "full_softmax" and settings["temperature"] == 0.05 and settings["mask_history"]
+    settings = cfg.models[0].train_settings(seed=1, eval_k=10)
+    assert settings.loss == "full_softmax" and settings.temperature == 0.05 and settings.mask_history
     assert "key 'extra_negatives' does not apply to kind two_tower with objective implicit (it applies to " \
            "objective implicit with loss in_batch_softmax); remove it" in _models_error(
                [{"name": "f", "loss": "full_softmax", "extra_negatives": 8}])
     assert "key 'log_q' does not apply" in _models_error([{"name": "f", "loss": "full_softmax", "log_q": False}])
     assert parse_config({"models": [{"name": "w", "loss": "full_softmax", "user_weight_power": 0.5}]}).models[0] \
-        .train_settings()["user_weight_power"] == 0.5
+        .train_settings(seed=1, eval_k=10).user_weight_power == 0.5
     assert "'models.0.user_weight_power': 2" in _models_error([{"name": "w", "user_weight_power": 2}])
     assert "key 'user_weight_power' does not apply to kind deepfm" in _models_error(
         [{"name": "w", "kind": "deepfm", "user_weight_power": 0.5}])
@@ -182,7 +184,7 @@ def test_item_item_keys_are_checked():
     cfg = parse_config({"models": [{"name": "ii", "kind": "item_item"}]})
     model = cfg.models[0]
     assert model.resolved_loss == "reconstruction" and model.model_params()["history_max_len"] == 200
-    assert model.train_settings()["loss"] == "reconstruction"
+    assert model.train_settings(seed=1, eval_k=10).loss == "reconstruction"
     assert parse_config({"models": [{"name": "ii", "kind": "item_item", "history_max_len": 50, "l2": 0.3}]}) \
         .models[0].model_params() == {"embedding_dim": 32, "history_max_len": 50, "l2": 0.3}
     assert "model 'ii': kind item_item learns from the users' histories only" in _models_error(
@@ -195,3 +197,46 @@ def test_item_item_keys_are_checked():
         [{"name": "ii", "kind": "item_item", "history_max_len": 0}])
     assert "key 'temperature' does not apply to kind item_item" in _models_error(
         [{"name": "ii", "kind": "item_item", "temperature": 0.5}])
+
+
+def test_values_of_the_wrong_type_are_refused_not_coerced():
+    for section, key, value, rule in [
+        ("models", "epochs", True, "valid integer"),
+        ("models", "epochs", "8", "valid integer"),
+        ("models", "epochs", 8.0, "valid integer"),
+        ("models", "normalize", 1, "valid boolean"),
+        ("models", "learning_rate", "0.01", "valid number"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"'{section}.0.{key}': {value!r} \(Input should be a {rule}"):
+            parse_config({section: [{"name": "m", key: value}]})
+    with pytest.raises(ConfigError, match=r"bad value for 'publish.k': '5' \(Input should be a valid integer\)"):
+        parse_config({"publish": {"k": "5"}})
+    with pytest.raises(ConfigError, match=r"'keep_work_dir': 'yes' \(Input should be a valid boolean\)"):
+        parse_config({"keep_work_dir": "yes"})
+    # An int where a float is asked for is a number, not a coercion; dates may be written as text.
+    cfg = parse_config({"models": [{"name": "m", "learning_rate": 1}],
+                        "source": {"synthetic": {"end_date": "2024-05-31"}}})
+    assert cfg.models[0].learning_rate == 1.0 and cfg.source.synthetic.end_date.isoformat() == "2024-05-31"
+
+
+def test_sections_build_their_jobs_settings_with_one_set_of_defaults():
+    import dataclasses
+
+    from jobs.features import FeatureSettings
+    from jobs.recommend import ScoringSettings
+    from models.settings import TrainSettings
+
+    cfg = parse_config({"models": [{"name": "m", "epochs": 3, "temperature": 0.2}], "features": {"quantiles": [0.5]},
+                        "scoring": {"block_rows": 64}})
+    train = cfg.models[0].train_settings(seed=9, eval_k=4)
+    assert isinstance(train, TrainSettings)
+    assert (train.epochs, train.temperature, train.seed, train.eval_k, train.loss) == (3, 0.2, 9, 4, "in_batch_softmax")
+    assert cfg.models[0].train_settings(seed=9, eval_k=4, epochs=1).epochs == 1
+    # Unset keys take the job's own defaults (the config declares none of its own).
+    defaults = TrainSettings()
+    assert (train.batch_size, train.learning_rate, train.patience) == \
+        (defaults.batch_size, defaults.learning_rate, defaults.patience)
+    feats = cfg.features.settings(seed=5)
+    assert feats == dataclasses.replace(FeatureSettings(), quantiles=(0.5,), seed=5)
+    assert cfg.scoring.settings() == ScoringSettings(block_rows=64)
+    assert parse_config({}).features.settings(seed=FeatureSettings().seed) == FeatureSettings()
