@@ -37,7 +37,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import topk
-from jobs.features import FIRST_INDEX, FeatureState
+from jobs.features import FeatureState
+from jobs.schema import FIRST_INDEX
 
 RECOMMENDATION_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
 
