@@ -4,7 +4,8 @@ Only file listings, CSV headers, Parquet schemas and the first ``SAMPLE_ROWS``
 lines of text files are read (pyarrow, through ``jobs.storage``: any file
 system), so a wrong path, a missing column or a column of the wrong type stops
 the run in a second, with one message that names the file, the column, what
-was expected, what was found and which setting (or which file) to fix. Row-level problems (one bad line among good ones) are not errors here:
+was expected, what was found and which setting (or which file) to fix.
+Row-level problems (one bad line among good ones) are not errors here:
 ingest sends those rows to quarantine.
 
 A text column has the wrong type when none of its sampled values parses as

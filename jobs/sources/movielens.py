@@ -179,7 +179,8 @@ def load_movielens_1m(spark: SparkSession, folder: str | Location) -> SourceTabl
                     hint=_holds(release, "ratings.dat", "'UserID::MovieID::Rating::Timestamp' lines", True))
     check_delimited(problems, folder / "users.dat", sep="::", encoding="latin-1", fields=[
         Column("UserID", "id"), Column("Gender", "text"), Column("Age", "text"), Column("Occupation", "text"),
-        Column("Zip-code", "text")], hint=_holds(release, "users.dat", "'UserID::Gender::Age::Occupation::Zip-code' lines"))
+        Column("Zip-code", "text")],
+        hint=_holds(release, "users.dat", "'UserID::Gender::Age::Occupation::Zip-code' lines"))
     check_delimited(problems, folder / "movies.dat", sep="::", encoding="latin-1", fields=[
         Column("MovieID", "id"), Column("Title", "text"), Column("Genres", "text")],
         hint=_holds(release, "movies.dat", "'MovieID::Title::Genres' lines"))
