@@ -58,6 +58,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from jobs import evaluate, features, history, ingest, schema, sources, split, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
+from jobs.storage import Location  # noqa: E402
 
 K = 10
 #: Longest user history written by ``prepare`` (a model with a shorter history_max_len keeps the most recent);
@@ -135,10 +136,15 @@ def prepare(spark, work: str, name: str, train: DataFrame, users, items, user_de
 
 
 # -- scoring helpers -----------------------------------------------------------------------------
+def loc(path: str | None) -> Location | None:
+    """A ``Prepared`` path as the Location ``models/`` reads (None stays None)."""
+    return None if path is None else Location(path)
+
+
 def side_table(path: str, side_spec: dict, id_col: str):
     from models.catalogue import read_side_table
 
-    return read_side_table(path, side_spec, id_col)
+    return read_side_table(loc(path), side_spec, id_col)
 
 
 def seen_lists(examples_path: str, users, catalogue) -> list[np.ndarray]:
@@ -273,26 +279,28 @@ def fit(entry: Entry, val: Prepared, full: Prepared, work: str, max_epochs: int,
     training's (initialisation, shuffling, sampling); the splits keep theirs.
     ``refit_epochs``: refit for this many epochs instead of the validation's best.
     """
-    from models.train import TrainSettings, load_model, train_model
+    from models.registry import load_model
+    from models.settings import TrainSettings
+    from models.train import train_model
 
     quiet = lambda line: None  # noqa: E731
     first = train_model(
-        entry.kind, val.spec, val.examples, os.path.join(work, "val", entry.name),
+        entry.kind, val.spec, loc(val.examples), loc(os.path.join(work, "val", entry.name)),
         settings=TrainSettings(**entry.settings, epochs=max_epochs, patience=patience, seed=seed),
-        model_params=entry.params, item_features_path=val.item_features, holdout_path=val.heldout_examples,
-        holdout_catalogue_path=val.heldout_items if rank_heldout_items else None, user_history_path=val.history,
+        model_params=entry.params, item_features=loc(val.item_features), holdout=loc(val.heldout_examples),
+        holdout_catalogue=loc(val.heldout_items) if rank_heldout_items else None, user_history=loc(val.history),
         log=quiet,
     )
     epochs = refit_epochs or first.best_epoch
     start = time.perf_counter()
     final = train_model(
-        entry.kind, full.spec, full.examples, os.path.join(work, "full", entry.name),
+        entry.kind, full.spec, loc(full.examples), loc(os.path.join(work, "full", entry.name)),
         settings=TrainSettings(**entry.settings, epochs=epochs, patience=0, seed=seed),
-        model_params=entry.params, item_features_path=full.item_features, user_history_path=full.history,
+        model_params=entry.params, item_features=loc(full.item_features), user_history=loc(full.history),
         log=quiet,
     )
     seconds = time.perf_counter() - start
-    return Fitted(load_model(final.model_path), epochs, first.best_metric, seconds)
+    return Fitted(load_model(final.model_file), epochs, first.best_metric, seconds)
 
 
 def counts_by_position(examples_path: str, catalogue) -> np.ndarray:
@@ -349,7 +357,7 @@ HEADER = (f"{'model':<26}{'objective':<9}{'P@10':>8}{'R@10':>8}{'nDCG@10':>8}{'M
 def warm_movielens(spark, args, work: str, log) -> list[dict]:
     """Section 1: the per-user stratified 75/25 split of ml-latest-small."""
     from models.evaluation import RankingHoldout, ranking_metrics
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     ratings, movies = load_movielens(spark, args.data)
     ratings = ratings.cache()
@@ -364,7 +372,8 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
     catalogue = side_table(pf.item_features, pf.spec["item"], "item_id")
     seen = seen_lists(pf.examples, users, catalogue)
     truth = evaluate.relevant_items(test, train).cache()
-    val_rank = RankingHoldout(pv.heldout_examples, pv.examples, pv.item_features, pv.spec, k=K, max_users=10 ** 6)
+    val_rank = RankingHoldout(loc(pv.heldout_examples), loc(pv.examples), loc(pv.item_features), pv.spec, k=K,
+                              max_users=10 ** 6)
     rows = []
 
     counts = counts_by_position(pf.examples, catalogue)
@@ -432,7 +441,7 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
             row = {"model": entry.name, "objective": objective, "seconds": fitted.seconds,
                    "note": f"{fitted.best_epoch} epochs", **metrics_of(spark, recs, truth)}
             if objective == "rating":
-                row.update(RatingHoldout(pf.heldout_examples, pf.spec).evaluate(fitted.model))
+                row.update(RatingHoldout(loc(pf.heldout_examples), pf.spec).evaluate(fitted.model))
             rows.append(row)
             log(fmt(row))
     truth.unpersist()
@@ -448,7 +457,7 @@ def _cold_entries(args) -> list[Entry]:
 
 def cold_users(spark, args, work: str, log) -> list[dict]:
     """Section 3a: synthetic data, 20% of users held out entirely, scored from demographics alone."""
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     spec = synthetic.SyntheticSpec(n_users=2000, n_items=1000, ratings_per_user=40.0, seed=7)
     world = synthetic.make_world(spec)
@@ -501,7 +510,7 @@ def genre_popularity(examples_path: str, candidates, genre_col: str = "item_genr
 
 def cold_items(spark, args, work: str, log) -> list[dict]:
     """Section 3b: ml-latest-small, 20% of items held out entirely, scored from genres and year alone."""
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     ratings, movies = load_movielens(spark, args.data)
     ratings = ratings.cache()

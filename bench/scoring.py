@@ -15,7 +15,7 @@
     nightrec's two-level selection beside np.argpartition and tf.math.top_k.
 (e) the real Keras DeepFM of ``models/`` (random weights; user id, gender,
     occupation, age; item id, genres, year) scored exhaustively the way the
-    nightly run scores it (``models.topk.recommend``: each side's parts
+    nightly run scores it (``models.model_scoring.recommend``: each side's parts
     once, then only the pair part per pair), beside calling the plain model
     on every (user, item) row for a slice of the users.
 
@@ -166,7 +166,7 @@ def keras_deepfm_figures(n_users: int, n_items: int, k: int, repeats: int) -> st
 
     from models.catalogue import SideTable
     from models.registry import build_model
-    from models.topk import recommend
+    from models.model_scoring import recommend
 
     rng = np.random.default_rng(5)
     spec = {

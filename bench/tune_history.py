@@ -120,7 +120,9 @@ def main(argv=None) -> int:
     os.makedirs(args.work, exist_ok=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
     pv = prepared_validation(args.work, args.data, log)
-    from models.train import TrainSettings, train_model
+    from jobs.storage import Location
+    from models.settings import TrainSettings
+    from models.train import train_model
 
     names = [n for n in args.grid.split(",") if n] or list(GRID)
     for name in names:
@@ -128,10 +130,10 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         cpu = time.process_time()
         result = train_model(
-            "two_tower", pv.spec, pv.examples, os.path.join(args.work, "tune", name),
+            "two_tower", pv.spec, Location(pv.examples), Location(os.path.join(args.work, "tune", name)),
             settings=TrainSettings(**settings, epochs=args.max_epochs, patience=args.patience, seed=42),
-            model_params=params, item_features_path=pv.item_features, holdout_path=pv.heldout_examples,
-            user_history_path=pv.history, log=lambda line, name=name: log(f"  {name}: {line}"),
+            model_params=params, item_features=Location(pv.item_features), holdout=Location(pv.heldout_examples),
+            user_history=Location(pv.history), log=lambda line, name=name: log(f"  {name}: {line}"),
         )
         curve = " ".join(f"{r['holdout']['ndcg']:.4f}" for r in result.history)
         log(f"{name:<22} val nDCG@10 {result.best_metric:.4f} at epoch {result.best_epoch:>2}  "

@@ -14,40 +14,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from jobs import synthetic
-from models.kinds import (
-    FACTORISED_KINDS,
-    KINDS,
-    LOSS_PARAMS,
-    LOSSES,
-    NEGATIVE_SAMPLERS,
-    OBJECTIVES,
-    TWO_STAGE_PARAMS,
-    applicable,
-    kinds_with,
-    loss_problem,
-)
+from flows.model_config import ModelConfig, Section
+from jobs import features, sources, synthetic
+from jobs.recommend import ScoringSettings
+from models.kinds import FACTORISED_KINDS
+
+_SYNTHETIC = synthetic.SyntheticSpec()
+_FEATURES = features.FeatureSettings()
+_SCORING = ScoringSettings()
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message says which key and why."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SparkConfig(_Section):
+class SparkConfig(Section):
     """Where Spark runs. ``master`` is ``local[N]``/``local[*]`` or a cluster URL."""
 
     master: str = "local[*]"
@@ -63,22 +46,22 @@ class SparkConfig(_Section):
         return value
 
 
-class SyntheticConfig(_Section):
+class SyntheticConfig(Section):
     """Size of the built-in synthetic MovieLens-like dataset."""
 
-    n_users: int = Field(3000, ge=10)
-    n_items: int = Field(1500, ge=10)
-    ratings_per_user: float = Field(40.0, ge=5)
-    days: int = Field(120, ge=14)
-    end_date: dt.date = dt.date(2024, 6, 30)
-    seed: int = 7
+    n_users: int = Field(_SYNTHETIC.n_users, ge=10)
+    n_items: int = Field(_SYNTHETIC.n_items, ge=10)
+    ratings_per_user: float = Field(_SYNTHETIC.ratings_per_user, ge=5)
+    days: int = Field(_SYNTHETIC.days, ge=14)
+    end_date: dt.date = Field(_SYNTHETIC.end_date, strict=False)  # YAML and JSON give dates as text too
+    seed: int = _SYNTHETIC.seed
 
     def spec(self) -> synthetic.SyntheticSpec:
         """The generator's spec of this config."""
         return synthetic.SyntheticSpec(**self.model_dump())
 
 
-class FeatureDeclConfig(_Section):
+class FeatureDeclConfig(Section):
     """One declared side column of a ``files`` source and how to encode it."""
 
     column: str
@@ -94,14 +77,14 @@ class FeatureDeclConfig(_Section):
         return value
 
 
-class _FileTable(_Section):
+class _FileTable(Section):
     path: str
     format: Literal["parquet", "csv"] = "parquet"
     sep: str = ","
     encoding: str = "utf-8"
 
 
-class InteractionColumns(_Section):
+class InteractionColumns(Section):
     """Which source column holds each canonical interactions column (rating: null for implicit feedback)."""
 
     user_id: str = "user_id"
@@ -124,15 +107,19 @@ class SideTableConfig(_FileTable):
     features: list[FeatureDeclConfig] = Field(default_factory=list)
 
 
-class FilesSourceConfig(_Section):
+class FilesSourceConfig(Section):
     """Bring your own data: interactions plus optional users and items tables."""
 
     interactions: InteractionsTableConfig
     users: SideTableConfig | None = None
     items: SideTableConfig | None = None
 
+    def spec(self) -> sources.FilesSource:
+        """The source's tables as ``jobs.sources`` describes them (the same keys, one level for one)."""
+        return TypeAdapter(sources.FilesSource).validate_python(self.model_dump())
 
-class SourceConfig(_Section):
+
+class SourceConfig(Section):
     """Where the events come from. ``kind: synthetic`` needs no files.
 
     movielens_100k / movielens_1m / movielens_latest read the dataset's
@@ -152,8 +139,13 @@ class SourceConfig(_Section):
             raise ValueError("source.files: kind files needs source.files.interactions (path and columns)")
         return self
 
+    def spec(self) -> sources.SourceSpec:
+        """What ``jobs.sources.load_source`` reads."""
+        return sources.SourceSpec(kind=self.kind, path=self.path, synthetic=self.synthetic.spec(),
+                                  files=self.files.spec() if self.files is not None else None)
 
-class IngestConfig(_Section):
+
+class IngestConfig(Section):
     """Validation of the source rows.
 
     ``rating_min``/``rating_max`` default to the source's declared range
@@ -165,7 +157,13 @@ class IngestConfig(_Section):
     rating_min: float | None = None
     rating_max: float | None = None
     max_quarantine_share: float = Field(0.05, ge=0, le=1)
-    now: dt.datetime | None = None
+    now: dt.datetime | None = Field(None, strict=False)
+
+    def rating_range(self, declared: tuple[float, float] | None) -> tuple[float | None, float | None]:
+        """The (min, max) ratings to accept: the configured bounds, else the source's ``declared`` ones."""
+        low, high = declared or (None, None)
+        return (self.rating_min if self.rating_min is not None else low,
+                self.rating_max if self.rating_max is not None else high)
 
     @model_validator(mode="after")
     def _ordered_range(self) -> "IngestConfig":
@@ -181,26 +179,26 @@ class IngestConfig(_Section):
         return value
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     """Temporal split: the holdout is the last ``holdout_days`` days up to ds."""
 
     holdout_days: int = Field(7, ge=1)
 
 
-class FeatureConfig(_Section):
-    """Feature stage settings (fitted on the training window only)."""
+class FeatureConfig(Section):
+    """Feature stage settings (fitted on the training window only); ``settings()`` builds the job's."""
 
-    min_category_count: int = Field(1, ge=1)
-    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
-    rating_grid_size: int = Field(64, ge=2)
-    impute: Literal["mean", "median"] = "mean"
-    imputer: Literal["univariate", "iterative"] = "univariate"
-    iterative_sample_rows: int = Field(5000, ge=10)
-    iterative_max_iter: int = Field(10, ge=1)
-    affinity_column: str | None = "genres"
-    max_tags_per_item: int = Field(10, ge=1)
-    rows_per_partition: int = Field(500_000, ge=1000)
-    example_statistics: Literal["leave_one_out", "point_in_time"] = "leave_one_out"
+    min_category_count: int = Field(_FEATURES.min_category_count, ge=1)
+    quantiles: list[float] = Field(default_factory=lambda: list(_FEATURES.quantiles))
+    rating_grid_size: int = Field(_FEATURES.rating_grid_size, ge=2)
+    impute: Literal["mean", "median"] = _FEATURES.impute
+    imputer: Literal["univariate", "iterative"] = _FEATURES.imputer
+    iterative_sample_rows: int = Field(_FEATURES.iterative_sample_rows, ge=10)
+    iterative_max_iter: int = Field(_FEATURES.iterative_max_iter, ge=1)
+    affinity_column: str | None = _FEATURES.affinity_column
+    max_tags_per_item: int = Field(_FEATURES.max_tags_per_item, ge=1)
+    rows_per_partition: int = Field(_FEATURES.rows_per_partition, ge=1000)
+    example_statistics: Literal["leave_one_out", "point_in_time"] = _FEATURES.example_statistics
 
     @field_validator("quantiles")
     @classmethod
@@ -209,196 +207,36 @@ class FeatureConfig(_Section):
             raise ValueError("must be distinct probabilities strictly between 0 and 1")
         return sorted(value)
 
-
-_LAYER_KEYS = ("tower_layers", "head_layers", "deep_layers", "mlp_layers")
-
-
-class ModelConfig(_Section):
-    """One model to train, evaluate and publish under ``model=NAME``.
-
-    ``kind`` picks one of the named models (``models.kinds.KINDS``);
-    ``objective`` is ``implicit`` (top-K from interactions) or ``rating``
-    (regression on the rating). A key that does not apply to the kind, the
-    objective or the loss is refused, so a config never sets something that
-    is silently ignored.
-    """
-
-    name: str = "two_tower"
-    kind: Literal[tuple(KINDS)] = "two_tower"  # type: ignore[valid-type]
-    objective: Literal[OBJECTIVES] = "implicit"  # type: ignore[valid-type]
-    loss: Literal[LOSSES] | None = None  # type: ignore[valid-type]
-    embedding_dim: int = Field(32, ge=2)
-    tower_layers: list[int] = Field(default_factory=lambda: [64])
-    head_layers: list[int] = Field(default_factory=lambda: [64])
-    deep_layers: list[int] = Field(default_factory=lambda: [64, 32])
-    mlp_layers: list[int] = Field(default_factory=lambda: [64, 32, 16])
-    normalize: bool = False
-    biases: bool = False
-    use_id: bool = True
-    use_features: bool = True
-    id_dropout: float = Field(0.0, ge=0, lt=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    crosses: list[list[str]] | None = None
-    cross_buckets: int = Field(1 << 17, ge=1)
-    temperature: float = Field(0.1, gt=0)
-    log_q: bool = True
-    extra_negatives: int = Field(0, ge=0)
-    negatives: Literal[NEGATIVE_SAMPLERS] = "uniform"  # type: ignore[valid-type]
-    negative_ratio: int = Field(4, ge=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(1024, ge=8)
-    learning_rate: float = Field(0.005, gt=0)
-    l2: float = Field(0.0, ge=0)
-    patience: int = Field(2, ge=0)
-    retrieve_with: str | None = None
-    candidates: int = Field(200, ge=1)
-    history_max_len: int = Field(0, ge=0)
-    history_embedding: Literal["shared", "own"] = "shared"
-    history_user_id: bool = True
-    history_dropout: float = Field(0.0, ge=0, lt=1)
-    mask_history: bool = False
-    user_weight_power: float = Field(0.0, ge=0, le=1)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        if not value or not all(c.isalnum() or c in "_-" for c in value):
-            raise ValueError("must be letters, digits, '_' or '-' (it becomes a folder name model=NAME)")
-        return value
-
-    @field_validator(*_LAYER_KEYS)
-    @classmethod
-    def _positive_layers(cls, value: list[int]) -> list[int]:
-        if any(width < 1 for width in value):
-            raise ValueError("every layer width must be >= 1")
-        return value
-
-    @field_validator("crosses")
-    @classmethod
-    def _pairs(cls, value: list[list[str]] | None) -> list[list[str]] | None:
-        if value is not None and any(len(pair) != 2 for pair in value):
-            raise ValueError("each cross is a pair [user_feature_column, item_feature_column]")
-        return value
-
-    @property
-    def resolved_loss(self) -> str | None:
-        """The implicit loss in use (None for the rating objective)."""
-        if self.objective == "rating":
-            return None
-        return self.loss or KINDS[self.kind].default_loss
-
-    @model_validator(mode="before")
-    @classmethod
-    def _kind_defaults(cls, data: Any) -> Any:
-        """The kind's own defaults (``Kind.defaults``, e.g. item_item's history_max_len) under the given keys."""
-        if isinstance(data, dict) and data.get("kind") in KINDS:
-            return {**KINDS[data["kind"]].defaults, **data}
-        return data
-
-    @model_serializer(mode="wrap")
-    def _applicable_keys_only(self, handler) -> dict[str, Any]:
-        """Dump only the keys that apply to this kind, objective and loss, so a dump parses again."""
-        data = handler(self)
-        allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
-        if self.objective == "rating":
-            allowed = allowed - {"loss"}
-        if self.retrieve_with is None:
-            allowed = allowed - TWO_STAGE_PARAMS
-        return {key: value for key, value in data.items() if key in allowed}
-
-    @model_validator(mode="after")
-    def _keys_apply(self) -> "ModelConfig":
-        if self.objective == "rating" and "loss" in self.model_fields_set:
-            raise ValueError(f"model '{self.name}': 'loss' is for objective implicit; objective rating trains on MSE")
-        problem = loss_problem(self.kind, self.objective, self.loss)
-        if problem:
-            raise ValueError(f"model '{self.name}': {problem}")
-        if self.kind == "item_item" and self.history_max_len < 1:
-            raise ValueError(f"model '{self.name}': kind item_item represents each user by their history; "
-                             "history_max_len must be >= 1 (default 200)")
-        allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
-        for key in sorted(self.model_fields_set - allowed):
-            kinds = kinds_with(key)
-            if key in TWO_STAGE_PARAMS:
-                raise ValueError(
-                    f"model '{self.name}': key '{key}' does not apply to kind {self.kind}: a factorised model is "
-                    f"scored exhaustively from its embeddings; two-stage ranking is for kinds "
-                    f"{', '.join(sorted(set(KINDS) - FACTORISED_KINDS))}; remove it"
-                )
-            if kinds:
-                hint = f"it applies to kind {', '.join(kinds)}"
-            else:
-                losses = [loss for loss, keys in LOSS_PARAMS.items() if key in keys]
-                hint = f"it applies to objective implicit with loss {', '.join(losses)}"
-            raise ValueError(
-                f"model '{self.name}': key '{key}' does not apply to kind {self.kind} with objective "
-                f"{self.objective} ({hint}); remove it"
-            )
-        if self.history_embedding != "shared" and not self.history_max_len:
-            raise ValueError(f"model '{self.name}': history_embedding '{self.history_embedding}' needs "
-                             "history_max_len >= 1 (0 turns the user history input off); set history_max_len "
-                             "or remove history_embedding")
-        if self.mask_history and not self.history_max_len:
-            raise ValueError(f"model '{self.name}': mask_history masks softmax negatives found in the user's "
-                             "history; it needs history_max_len >= 1")
-        if self.history_dropout and not self.history_max_len:
-            raise ValueError(f"model '{self.name}': history_dropout needs history_max_len >= 1 (the history input "
-                             "is off at 0)")
-        if not self.history_user_id and not self.history_max_len:
-            raise ValueError(f"model '{self.name}': history_user_id false represents users by their history "
-                             "instead of their id; it needs history_max_len >= 1")
-        if self.history_max_len and self.history_embedding == "shared" and not self.use_id:
-            raise ValueError(f"model '{self.name}': history_embedding 'shared' reuses the item id embedding, which "
-                             "use_id false removes; set history_embedding: own or use_id: true")
-        if "candidates" in self.model_fields_set and self.retrieve_with is None:
-            raise ValueError(f"model '{self.name}': 'candidates' needs 'retrieve_with' (the model that retrieves them)")
-        for key in _LAYER_KEYS:
-            if key in allowed and not getattr(self, key) and key != "tower_layers":
-                raise ValueError(f"model '{self.name}': '{key}' needs at least one layer for kind {self.kind}")
-        return self
-
-    def model_params(self) -> dict[str, Any]:
-        """The kind's own hyper-parameters (for ``models.registry.build_model``)."""
-        keys = KINDS[self.kind].params | {"embedding_dim", "l2"}
-        params = {key: getattr(self, key) for key in sorted(keys)}
-        if params.get("crosses") is None:
-            params.pop("crosses", None)  # the model's default: every user x item field pair
-        return params
-
-    def train_settings(self) -> dict[str, Any]:
-        """Keyword arguments of ``models.train.TrainSettings`` (the seed comes from the run)."""
-        return {
-            "objective": self.objective, "loss": self.resolved_loss, "epochs": self.epochs,
-            "batch_size": self.batch_size, "learning_rate": self.learning_rate, "patience": self.patience,
-            "temperature": self.temperature, "log_q": self.log_q, "extra_negatives": self.extra_negatives,
-            "negatives": self.negatives,
-            "negative_ratio": self.negative_ratio, "mask_history": self.mask_history,
-            "user_weight_power": self.user_weight_power,
-        }
+    def settings(self, seed: int) -> features.FeatureSettings:
+        """The feature stage's settings (``jobs.features.FeatureSettings``) of this section and the run's seed."""
+        return features.FeatureSettings(**{**self.model_dump(), "quantiles": tuple(self.quantiles)}, seed=seed)
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """Holdout evaluation: Recall@k and nDCG@k beside popularity."""
 
     k: int = Field(10, ge=1)
 
 
-class PublishConfig(_Section):
+class PublishConfig(Section):
     """What the published recommendations look like."""
 
     k: int = Field(10, ge=1)
     refit_on_full: bool = True
 
 
-class ScoringConfig(_Section):
+class ScoringConfig(Section):
     """Exhaustive top-K scoring: block sizes bound the memory of each Spark task."""
 
-    block_rows: int = Field(128, ge=1)
-    item_block_mb: int = Field(256, ge=1)
-    group_width: int = Field(32, ge=1)
+    block_rows: int = Field(_SCORING.block_rows, ge=1)
+    item_block_mb: int = Field(_SCORING.item_block_mb, ge=1)
+    group_width: int = Field(_SCORING.group_width, ge=1)
+
+    def settings(self) -> ScoringSettings:
+        return ScoringSettings(**self.model_dump())
 
 
-class NightrecConfig(_Section):
+class NightrecConfig(Section):
     """The whole run configuration."""
 
     warehouse: str = "./warehouse"
@@ -439,6 +277,13 @@ class NightrecConfig(_Section):
                     )
             earlier[m.name] = m
         return self
+
+    def model(self, name: str) -> ModelConfig:
+        """The model entry named ``name``."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model named {name!r} in models ({', '.join(m.name for m in self.models)})")
 
     def config_hash(self) -> str:
         """Short stable hash of the effective config (recorded in manifests)."""

@@ -88,3 +88,30 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, k: int) -> dict[str, floa
     result = {m: float(row[m]) if row[m] is not None else 0.0 for m in METRICS}
     result["users"] = int(row["users"])
     return result
+
+
+METRICS_SCHEMA = "model string, scorer string, metric string, k int, value double, users int"
+
+
+def metrics_frame(spark, results: dict[str, dict]) -> DataFrame:
+    """The ``metrics`` table of a night from each model's holdout results.
+
+    Args:
+        results: {model name: {"k", "model": ranking_metrics, "popularity": ranking_metrics,
+            "rating": {"rmse", "mae", "rows"} (rating models only)}}.
+
+    Returns:
+        DataFrame[model, scorer ("model" or "popularity"), metric, k, value, users]: one row per model x
+        scorer x metric; a rating model's RMSE and MAE have k null and count holdout rows in ``users``.
+    """
+    rows = []
+    for name, result in results.items():
+        for scorer in ("model", "popularity"):
+            for metric in METRICS:
+                rows.append((name, scorer, metric, int(result["k"]), float(result[scorer][metric]),
+                             int(result[scorer]["users"])))
+        if "rating" in result:
+            for metric in ("rmse", "mae"):
+                rows.append((name, "model", metric, None, float(result["rating"][metric]),
+                             int(result["rating"]["rows"])))
+    return spark.createDataFrame(rows, METRICS_SCHEMA)

@@ -1,10 +1,8 @@
 """Exhaustive top-K scoring with seen-item exclusion, inside Spark.
 
-Factorised models (two-tower, MF): score(u, i) = <user embedding, item embedding>.
+score(u, i) = <user vector, item vector> for factorised models; any other
+model plugs its own per-task scorer into ``score_in_spark``.
 
-* Embeddings are computed in Spark (``embed_rows``): a ``mapInArrow`` whose
-  Python workers build the tower once each (``worker_cached``) and embed one
-  Arrow batch at a time.
 * The item matrix (the catalogue in item-id order) is broadcast, split into
   blocks of at most ``item_block_bytes`` when the catalogue is larger; each
   block is scored by its own pass and the per-block top-Ks are merged
@@ -16,12 +14,8 @@ Factorised models (two-tower, MF): score(u, i) = <user embedding, item embedding
 
 Task memory is bounded by the block sizes (the item block, the score buffer
 and one Arrow batch of ``spark.sql.execution.arrow.maxRecordsPerBatch``
-users), not by the number of users.
-
-Cold start (``assign_sources``): users known to the model are scored from
-their embedding (``source = "model"``), users without history but with side
-features from the embedding of those features (``"features"``), and users with
-nothing usable get the popularity ranking (``"popularity"``).
+users), not by the number of users. Embedding tables are computed and read
+by ``jobs.embeddings``; who is scored how, by ``jobs.recommend``.
 """
 
 from __future__ import annotations
@@ -37,8 +31,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import topk
-from jobs.features import FeatureState
-from jobs.schema import FIRST_INDEX
+from jobs.arrays import float_matrix, list_offsets
 
 RECOMMENDATION_COLUMNS = ("user_id", "rank", "item_id", "score", "source")
 
@@ -69,7 +62,7 @@ def _blas_single_thread():
 _SPARK_TYPES = {pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint"}
 
 
-def _spark_id_type(dtype: pa.DataType) -> str | None:
+def spark_id_type(dtype: pa.DataType) -> str | None:
     """Spark SQL type of an id column of Arrow type ``dtype`` (None: not an id type nightrec supports)."""
     if dtype in _SPARK_TYPES:
         return _SPARK_TYPES[dtype]
@@ -77,37 +70,10 @@ def _spark_id_type(dtype: pa.DataType) -> str | None:
 
 
 def _spark_type(array: pa.Array) -> str:
-    found = _spark_id_type(array.type)
+    found = spark_id_type(array.type)
     if found is None:
         raise TypeError(f"item ids of Arrow type {array.type} are not supported; use integer or string ids")
     return found
-
-
-def float_matrix(column: pa.Array, dim: int, ids: pa.Array, what: str) -> np.ndarray:
-    """A list<float> column of length-``dim`` rows -> [n, dim] float32, checked (``what`` names it in errors)."""
-    n = len(column)
-    lengths = column.value_lengths().fill_null(-1).to_numpy(zero_copy_only=False)
-    if n and (lengths != dim).any():
-        bad = int(np.nonzero(lengths != dim)[0][0])
-        found = "null" if lengths[bad] < 0 else f"length {lengths[bad]}"
-        raise ValueError(
-            f"{what}: id {ids[bad].as_py()!r} has a {found} vector, expected length {dim} "
-            f"(the width of the item side); score users and items of the same model"
-        )
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        bad = int(np.nonzero(~finite)[0][0])
-        raise ValueError(f"{what}: id {ids[bad].as_py()!r} has a NaN or infinite value; fix the model output")
-    return values
-
-
-def list_offsets(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A nullable list<int> column -> (offsets [n + 1] from 0, values), nulls as empty lists."""
-    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return offsets, values
 
 
 def check_catalogue(item_ids: pa.Array, item_matrix: np.ndarray) -> np.ndarray:
@@ -380,142 +346,3 @@ def seen_positions(events: DataFrame, catalogue: DataFrame) -> DataFrame:
     return pairs.groupBy("user_id").agg(F.array_distinct(F.collect_list("pos")).alias("seen_pos"))
 
 
-def embed_rows(
-    features: DataFrame,
-    *,
-    id_col: str,
-    columns: list[str],
-    build_embedder: Callable[[], Callable[[pa.RecordBatch], np.ndarray]],
-    cache_key: str,
-) -> DataFrame:
-    """Embed every row of a feature table in Spark, the model built once per Python worker.
-
-    Args:
-        features: DataFrame with ``id_col`` and the tower's input ``columns``.
-        id_col: the id column carried to the output.
-        columns: the embedder's input columns.
-        build_embedder: picklable zero-argument callable (e.g. a
-            ``functools.partial`` of a model loader) returning
-            ``embed(batch: pa.RecordBatch) -> [rows, d] float32``; it runs once
-            per worker process and key.
-        cache_key: names the embedder in the worker cache (include the
-            model file's identity, e.g. path and modification time).
-
-    Returns:
-        DataFrame[id_col, embedding: array<float>].
-    """
-    id_type = dict(features.dtypes)[id_col]
-
-    def embed_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        embed = worker_cached(cache_key, build_embedder)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            emb = np.asarray(embed(batch), dtype=np.float32)
-            flat = pa.array(emb.reshape(-1), type=pa.float32())
-            lists = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]).cast(pa.list_(pa.float32()))
-            yield pa.RecordBatch.from_arrays([batch.column(id_col), lists], names=[id_col, "embedding"])
-
-    return features.select(id_col, *columns).mapInArrow(embed_partition, f"{id_col} {id_type}, embedding array<float>")
-
-
-def _sorted_matrix(table: pa.Table, id_col: str, what: str) -> tuple[pa.Array, np.ndarray]:
-    order = pc.sort_indices(table.column(id_col))
-    ids = table.column(id_col).take(order).combine_chunks()
-    column = table.column("embedding").take(order).combine_chunks()
-    dim = int(column.value_lengths()[0].as_py()) if len(column) else 0
-    return ids, float_matrix(column, dim, ids, what)
-
-
-def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndarray]:
-    """An embeddings DataFrame[id_col, embedding] -> (ids ascending, [n, d] float32) on the driver."""
-    return _sorted_matrix(frame.select(id_col, "embedding").toArrow(), id_col, "item embeddings")
-
-
-def _local_folder(path: str) -> str | None:
-    """The local filesystem path of ``path`` (plain or ``file://``), None for any other URI."""
-    if "://" in path and not path.startswith("file://"):
-        return None
-    return path.removeprefix("file://")
-
-
-def load_embeddings(spark: SparkSession, path: str, id_col: str) -> tuple[pa.Array, np.ndarray]:
-    """An embeddings Parquet folder [id_col, embedding] -> (ids ascending, [n, d] float32) on the driver.
-
-    A local folder is read by pyarrow directly (a Spark job would cost ~1 s
-    of the scoring job's ~3); any other URI goes through Spark.
-    """
-    local = _local_folder(path)
-    if local is None:
-        return collect_embeddings(spark.read.parquet(path), id_col)
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(local, columns=[id_col, "embedding"])
-    return _sorted_matrix(table, id_col, f"{path}: embeddings")
-
-
-_SPARK_ELEMENT_TYPES = {pa.float32(): "float", pa.float64(): "double"}
-
-
-def read_embeddings(spark: SparkSession, path: str, id_col: str) -> DataFrame:
-    """An embeddings Parquet folder -> DataFrame[id_col, embedding: array<float or double>], read by Spark lazily.
-
-    For a local folder the schema is taken from one file's footer with
-    pyarrow, which spares the Spark job that ``spark.read.parquet`` runs to
-    infer it (0.2-0.8 s of a ~3 s scoring job on the 2-core box); any other
-    URI, or a schema this cannot express, is inferred by Spark.
-    """
-    local = _local_folder(path)
-    ddl = None
-    if local is not None:
-        import pyarrow.dataset as ds
-
-        schema = ds.dataset(local, format="parquet").schema
-        if id_col in schema.names and "embedding" in schema.names:
-            id_type = _spark_id_type(schema.field(id_col).type)
-            emb = schema.field("embedding").type
-            element = _SPARK_ELEMENT_TYPES.get(emb.value_type) if pa.types.is_list(emb) else None
-            if id_type and element:
-                ddl = f"`{id_col}` {id_type}, embedding array<{element}>"
-    reader = spark.read.schema(ddl) if ddl else spark.read
-    return reader.parquet(path).select(id_col, "embedding")
-
-
-# -- cold start ----------------------------------------------------------------------------
-def assign_sources(users: DataFrame, user_features: DataFrame, state: FeatureState) -> DataFrame:
-    """How each user will be scored.
-
-    A user in the model's vocabulary (``user_idx >= FIRST_INDEX``) is
-    ``"model"``; a user without history whose side features say something
-    (a known category, a known multi-category value, or a declared continuous
-    feature off its mean) is ``"features"``; everyone else, including users
-    missing from ``user_features``, is ``"popularity"``.
-
-    Args:
-        users: DataFrame[user_id] (one row per user to score).
-        user_features: DataFrame[user_id, user_idx, user_<column> ...] from
-            ``features.build_side_features``.
-        state: the fitted feature state (which columns are declared, and how).
-
-    Returns:
-        DataFrame[user_id, source: string].
-    """
-    usable = []
-    for decl in state.decls["user"]:
-        col = F.col(f"user_{decl['column']}")
-        if decl["kind"] == "categorical":
-            usable.append(col >= FIRST_INDEX)
-        elif decl["kind"] == "multi_categorical":
-            usable.append(F.exists(col, lambda v: v >= FIRST_INDEX))
-        else:  # continuous: scaled, a missing value became 0.0
-            usable.append(col != 0.0)
-    has_features = F.coalesce(F.greatest(*usable, F.lit(False)), F.lit(False)) if usable else F.lit(False)
-    source = (
-        F.when(F.col("user_idx") >= FIRST_INDEX, F.lit("model"))
-        .when(has_features, F.lit("features"))
-        .otherwise(F.lit("popularity"))
-    )
-    flags = user_features.select("user_id", source.alias("source"))
-    return users.select("user_id").join(flags, on="user_id", how="left").select(
-        "user_id", F.coalesce("source", F.lit("popularity")).alias("source")
-    )

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
+#: The driver JVM's logging: warnings and errors, without Spark's start-up notes.
+LOG4J2_PROPERTIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+
 # Settings every nightrec session needs, whatever the master.
 _BASE_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -62,6 +65,12 @@ def build_spark(
     # PySpark reads PYSPARK_PYTHON when it starts them.
     python = python or sys.executable
     os.environ["PYSPARK_PYTHON"] = python
+    if master.startswith("local"):
+        # everything runs on this machine: bind to loopback (no "hostname resolves to a loopback address")
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    conf = dict(conf or {})
+    java_options = f"-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES}"
+    conf["spark.driver.extraJavaOptions"] = f"{java_options} {conf.get('spark.driver.extraJavaOptions', '')}".strip()
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
@@ -76,7 +85,7 @@ def build_spark(
     if local_dir:
         os.makedirs(local_dir, exist_ok=True)
         builder = builder.config("spark.local.dir", local_dir)
-    for key, value in (conf or {}).items():
+    for key, value in conf.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -266,21 +266,14 @@ class Location:
         destination.parent.mkdirs()
         self.fs.move(self.path, destination.path)
 
-    def copy_from_local(self, local_dir: str) -> None:
-        """Copy a local folder's contents to this folder (created; existing files replaced)."""
-        self.mkdirs()
-        pafs.copy_files(local_dir, self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
-
-    def copy_to_local(self, local_dir: str) -> None:
-        """Copy this file or folder's contents into a local folder (created)."""
-        os.makedirs(local_dir, exist_ok=True)
-        if self.is_file():
-            pafs.copy_files(self.path, os.path.join(local_dir, self.name), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+    def copy_to(self, destination: "Location") -> None:
+        """Copy this file, or this folder's contents, to ``destination`` (any file system; folders created,
+        existing files replaced)."""
+        if self.is_dir():
+            destination.mkdirs()
         else:
-            pafs.copy_files(self.path, local_dir, source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            destination.parent.mkdirs()
+        pafs.copy_files(self.path, destination.path, source_filesystem=self.fs, destination_filesystem=destination.fs)
 
     @contextlib.contextmanager
     def local_folder(self) -> Iterator[str]:
@@ -293,7 +286,7 @@ class Location:
             return
         tmp = tempfile.mkdtemp(prefix="nightrec-")
         try:
-            self.copy_to_local(tmp)
+            self.copy_to(Location(tmp))
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -311,6 +304,6 @@ class Location:
         tmp = tempfile.mkdtemp(prefix="nightrec-")
         try:
             yield tmp
-            self.copy_from_local(tmp)
+            Location(tmp).copy_to(self)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

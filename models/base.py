@@ -16,7 +16,7 @@ layouts:
 A model whose pair part is a dot product is *factorised*: ``user_embedding``
 and ``item_embedding`` give vectors whose dot product is exactly the score,
 so the catalogue is scored with one matrix product (``jobs.scoring``).
-The other models are scored with ``score_matrix`` (see ``models.topk``).
+The other models are scored with ``score_matrix`` (see ``models.model_scoring``).
 """
 
 from __future__ import annotations
@@ -146,11 +146,11 @@ class RecommenderModel(keras.Model):
 
     def user_embedding(self, inputs):
         """[n, d] user vectors; <user_embedding(u), item_embedding(i)> == score(u, i) (factorised models)."""
-        raise TypeError(f"{self.kind}: the score is not a dot product; use score_matrix (models.topk)")
+        raise TypeError(f"{self.kind}: the score is not a dot product; use score_matrix (models.model_scoring)")
 
     def item_embedding(self, inputs):
         """[n, d] item vectors (factorised models)."""
-        raise TypeError(f"{self.kind}: the score is not a dot product; use score_matrix (models.topk)")
+        raise TypeError(f"{self.kind}: the score is not a dot product; use score_matrix (models.model_scoring)")
 
     def base_config(self) -> dict:
         return {"spec": self.spec, "kind": self.kind, "embedding_dim": self.embedding_dim, "use_id": self.use_id,

@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from models.data import arrow_columns, parquet_files, read_columns, side_columns, to_feed
+from jobs.storage import Location
+from models.data import arrow_columns, parquet_files, read_column, read_columns, read_parquet, side_columns, to_feed
 from models.layers import RESERVED_ROWS
 
 
@@ -50,11 +51,11 @@ class SideTable:
         return np.where(keys[pos] == values, pos, -1).astype(np.int64)
 
 
-def read_side_table(path: str, side_spec: Mapping, id_col: str, *, unique: bool = True) -> SideTable:
+def read_side_table(table: Location, side_spec: Mapping, id_col: str, *, unique: bool = True) -> SideTable:
     """Read a side feature table (``user_features`` / ``item_features`` Parquet) sorted by ``id_col``.
 
     Args:
-        path: Parquet folder or file with ``id_col`` and the side's input columns.
+        table: Parquet folder or file with ``id_col`` and the side's input columns.
         side_spec: the side's feature spec.
         id_col: ``user_id`` or ``item_id``.
         unique: keep the first row of each id (an examples table repeats them).
@@ -62,12 +63,12 @@ def read_side_table(path: str, side_spec: Mapping, id_col: str, *, unique: bool 
     Returns:
         SideTable in ascending id order.
     """
-    files = parquet_files(path)
+    files = parquet_files(table)
     columns = side_columns(side_spec)
-    ids = pa.concat_arrays([pq.read_table(f, columns=[id_col]).column(0).combine_chunks() for f in files])
+    ids = read_column(files, id_col)
     values = to_feed(read_columns(files, columns))
     if ids.null_count:
-        raise ValueError(f"{path}: column {id_col} has {ids.null_count} null ids; every row needs an id")
+        raise ValueError(f"{table.display()}: column {id_col} has {ids.null_count} null ids; every row needs an id")
     order = np.asarray(pc.array_sort_indices(ids))  # a stable sort
     ids = ids.take(pa.array(order))
     values = {n: a[order] for n, a in values.items()}
@@ -79,13 +80,14 @@ def read_side_table(path: str, side_spec: Mapping, id_col: str, *, unique: bool 
     return SideTable(ids=ids, columns=values)
 
 
-def index_counts(files: list[str], column: str, vocab_size: int) -> np.ndarray:
+def index_counts(files: list[Location], column: str, vocab_size: int) -> np.ndarray:
     """Rows per value of an index column (``item_idx``, ``user_idx``): [vocab_size] float64."""
     counts = np.zeros(vocab_size, dtype=np.float64)
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=65536):
-            idx = batch.column(0).to_numpy(zero_copy_only=False)
-            counts += np.bincount(idx, minlength=vocab_size)[:vocab_size]
+    for file in files:
+        with file.open_input() as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(columns=[column], batch_size=65536):
+                idx = batch.column(0).to_numpy(zero_copy_only=False)
+                counts += np.bincount(idx, minlength=vocab_size)[:vocab_size]
     return counts
 
 
@@ -187,11 +189,11 @@ class CatalogueItems:
         return tf.gather(self.column_of, tf.cast(item_idx, tf.int32))
 
 
-def read_user_history(path: str, user_vocab_size: int, max_len: int) -> np.ndarray:
+def read_user_history(history: Location, user_vocab_size: int, max_len: int) -> np.ndarray:
     """The users' history lists as the model holds them (``jobs.history.user_history`` output).
 
     Args:
-        path: Parquet with ``user_idx`` (int) and ``history`` (list<int> of item indices, most recent first).
+        history: Parquet with ``user_idx`` (int) and ``history`` (list<int> of item indices, most recent first).
         user_vocab_size: rows of the result (the user id vocabulary of the model spec).
         max_len: columns; longer lists keep their first (most recent) ``max_len`` items.
 
@@ -200,11 +202,11 @@ def read_user_history(path: str, user_vocab_size: int, max_len: int) -> np.ndarr
         reserved rows 0, 1) have empty lists.
     """
     out = np.full((int(user_vocab_size), int(max_len)), -1, dtype=np.int32)
-    for f in parquet_files(path):
-        table = pq.read_table(f, columns=["user_idx", "history"])
+    for f in parquet_files(history):
+        table = read_parquet(f, ["user_idx", "history"])
         rows = table.column("user_idx").to_numpy(zero_copy_only=False).astype(np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= user_vocab_size):
-            raise ValueError(f"{path}: user_idx outside 0..{user_vocab_size - 1}; was the history built with "
-                             "the same feature state as the model?")
+            raise ValueError(f"{history.display()}: user_idx outside 0..{user_vocab_size - 1}; was the history "
+                             "built with the same feature state as the model?")
         out[rows] = arrow_columns(table, {"history": int(max_len)})["history"]
     return out

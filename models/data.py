@@ -1,39 +1,60 @@
-"""Parquet -> tf.data through pyarrow record batches.
+"""Parquet -> tf.data through pyarrow record batches, read through ``jobs.storage``.
 
 The table is never loaded whole: files are read one record batch at a time,
 rows go through a bounded in-memory shuffle pool, and batches are padded
 (multi-valued columns, with -1) and handed to TensorFlow with prefetching.
 Each worker of a multi-worker job reads only its shard: the (file, row group)
 units of the table are dealt out round-robin, so even a single-file table
-splits across workers.
+splits across workers. Files are ``jobs.storage.Location``s, so a table can
+live on any file system pyarrow opens (local, HDFS, object stores).
 """
 
 from __future__ import annotations
 
-import glob
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
+from jobs.storage import Location
 from models.layers import PAD
 
 
-def parquet_files(path: str) -> list[str]:
-    """The data files of a Parquet folder (or the file itself), in sorted order."""
-    if os.path.isfile(path):
-        return [path]
-    files = sorted(
-        f
-        for f in glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
-        if not any(part.startswith(("_", ".")) for part in os.path.relpath(f, path).split(os.sep))
-    )
+def check_location(value, what: str) -> Location:
+    """``value`` when it is a ``jobs.storage.Location``; else a TypeError that says how to make one."""
+    if not isinstance(value, Location):
+        raise TypeError(f"{what} must be a jobs.storage.Location, got {type(value).__name__} {value!r}; "
+                        f"wrap a path or URI as Location(...)")
+    return value
+
+
+def parquet_files(table: Location) -> list[Location]:
+    """The data files of a Parquet folder (or the file itself), in sorted order.
+
+    Files and folders whose name starts with '_' or '.' (``_SUCCESS``, ``.crc``) are skipped.
+    """
+    files = check_location(table, "a Parquet table").files(".parquet")
     if not files:
-        raise FileNotFoundError(f"{path}: no Parquet files found")
+        raise FileNotFoundError(f"{table.display()}: no Parquet files found")
     return files
+
+
+def read_parquet(file: Location, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file (all of it, or the given columns) as an Arrow table."""
+    with file.open_input() as handle:
+        return pq.ParquetFile(handle).read(columns=list(columns) if columns is not None else None)
+
+
+def read_column(files: list[Location], name: str) -> pa.Array:
+    """One column of every file, concatenated in file order: [rows]."""
+    return pa.concat_arrays([read_parquet(f, [name]).column(0).combine_chunks() for f in files])
+
+
+def _footer(file: Location) -> pq.FileMetaData:
+    with file.open_input() as handle:
+        return pq.read_metadata(handle)
 
 
 def side_columns(side_spec: Mapping) -> dict[str, int]:
@@ -45,14 +66,14 @@ def side_columns(side_spec: Mapping) -> dict[str, int]:
     return columns
 
 
-def row_group_units(files: list[str]) -> list[tuple[str, int]]:
+def row_group_units(files: list[Location]) -> list[tuple[Location, int]]:
     """(file, row group) pairs of a table, in file order: the units workers share out."""
-    return [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    return [(f, g) for f in files for g in range(_footer(f).num_row_groups)]
 
 
-def count_rows(files: list[str]) -> int:
+def count_rows(files: list[Location]) -> int:
     """Rows in the Parquet files (from their footers)."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(_footer(f).num_rows for f in files)
 
 
 def input_columns(spec: Mapping) -> dict[str, int]:
@@ -82,7 +103,7 @@ def arrow_columns(batch: pa.RecordBatch | pa.Table, columns: Mapping[str, int]) 
 
 
 def iter_batches(
-    files: list[str],
+    files: list[Location],
     columns: Mapping[str, int],
     batch_size: int,
     *,
@@ -96,7 +117,7 @@ def iter_batches(
     """Yield dicts of numpy arrays of ``batch_size`` rows from Parquet files.
 
     Args:
-        files: Parquet files; a worker reads the (file, row group) units
+        files: Parquet files (``parquet_files``); a worker reads the (file, row group) units
             ``shard_index::num_shards`` (see ``row_group_units``).
         columns: column -> padded length (0 = scalar), from ``input_columns``.
         batch_size: rows per batch.
@@ -132,8 +153,9 @@ def iter_batches(
             else:
                 pool, pooled = [{n: merged[n][rest] for n in names}], rest.size
 
-    for path, row_group in mine:
-        table = pq.ParquetFile(path).read_row_group(row_group, columns=names)
+    for file, row_group in mine:
+        with file.open_input() as handle:
+            table = pq.ParquetFile(handle).read_row_group(row_group, columns=names)
         for record_batch in table.to_batches(max_chunksize=8192):
             pool.append({n: _to_numpy(record_batch.column(n), columns[n]) for n in names})
             pooled += record_batch.num_rows
@@ -160,7 +182,7 @@ def _dtype(array: np.ndarray) -> tf.DType:
 
 
 def make_dataset(
-    files: list[str],
+    files: list[Location],
     columns: Mapping[str, int],
     batch_size: int,
     *,
@@ -179,7 +201,7 @@ def make_dataset(
     """
     probe = next(iter_batches(files[:1], columns, 2, shuffle=False), None)
     if probe is None:
-        raise ValueError(f"{files[0]}: no rows")
+        raise ValueError(f"{files[0].display()}: no rows")
     signature = {
         n: tf.TensorSpec(shape=(None,) + a.shape[1:], dtype=_dtype(a)) for n, a in probe.items()
     }
@@ -207,7 +229,7 @@ def make_dataset(
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
 
 
-def read_columns(files: list[str], columns: Mapping[str, int]) -> dict[str, np.ndarray]:
+def read_columns(files: list[Location], columns: Mapping[str, int]) -> dict[str, np.ndarray]:
     """All rows of the given columns (for small side tables such as the catalogue)."""
     out = {n: [] for n in columns}
     for batch in iter_batches(files, columns, 1 << 30, shuffle=False, pool_rows=1 << 30):

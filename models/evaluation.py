@@ -11,11 +11,11 @@ nDCG@K = DCG / ideal DCG of min(K, |R|) hits; Recall@K = hits / |R|.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from jobs.storage import Location
 from models.catalogue import SideTable, read_side_table
-from models.data import input_columns, iter_batches, parquet_files, to_feed
-from models.topk import top_k_blocks
+from models.data import input_columns, iter_batches, parquet_files, read_column, to_feed
+from models.model_scoring import top_k_blocks
 
 
 def ranking_metrics(top: np.ndarray, relevant: list[np.ndarray], k: int) -> dict[str, float]:
@@ -49,25 +49,23 @@ def ranking_metrics(top: np.ndarray, relevant: list[np.ndarray], k: int) -> dict
     return out
 
 
-def _ids(files: list[str], column: str) -> np.ndarray:
-    return np.concatenate(
-        [np.asarray(pq.read_table(f, columns=[column]).column(0).to_numpy()) for f in files]
-    )
+def _ids(files: list[Location], column: str) -> np.ndarray:
+    return np.asarray(read_column(files, column).to_numpy(zero_copy_only=False))
 
 
 class RatingHoldout:
     """RMSE / MAE of a model's predictions on held-out rated rows.
 
     Args:
-        holdout_path: Parquet examples (every input column of ``spec`` and ``rating``).
+        holdout: Parquet examples (every input column of ``spec`` and ``rating``).
         spec: the model input spec.
     """
 
     name = "rmse"
     higher_is_better = False
 
-    def __init__(self, holdout_path: str, spec, batch_size: int = 8192):
-        files = parquet_files(holdout_path)
+    def __init__(self, holdout: Location, spec, batch_size: int = 8192):
+        files = parquet_files(holdout)
         columns = {**input_columns(spec), "rating": 0}
         self.batches = [to_feed(b) for b in iter_batches(files, columns, batch_size, shuffle=False)]
         self.rows = sum(len(b["rating"]) for b in self.batches)
@@ -87,9 +85,9 @@ class RankingHoldout:
     """nDCG@K / Recall@K of exhaustive top-K for (a sample of) held-out users.
 
     Args:
-        holdout_path: Parquet holdout examples (user_id, item_id and the user inputs).
-        train_path: Parquet training examples (user_id, item_id): excluded from each user's top-K.
-        item_features_path: the catalogue (item_id and the item inputs).
+        holdout: Parquet holdout examples (user_id, item_id and the user inputs).
+        train: Parquet training examples (user_id, item_id): excluded from each user's top-K.
+        item_features: the catalogue (item_id and the item inputs).
         spec: the model input spec.
         k: cut-off.
         max_users: evaluate at most this many users (a seeded sample).
@@ -99,20 +97,20 @@ class RankingHoldout:
     name = "ndcg"
     higher_is_better = True
 
-    def __init__(self, holdout_path: str, train_path: str, item_features_path: str, spec, *, k: int = 10,
+    def __init__(self, holdout: Location, train: Location, item_features: Location, spec, *, k: int = 10,
                  max_users: int = 2000, seed: int = 0):
         self.k = int(k)
-        self.catalogue: SideTable = read_side_table(item_features_path, spec["item"], "item_id")
-        users = read_side_table(holdout_path, spec["user"], "user_id")
+        self.catalogue: SideTable = read_side_table(item_features, spec["item"], "item_id")
+        users = read_side_table(holdout, spec["user"], "user_id")
         if len(users) > max_users:
             keep = np.sort(np.random.default_rng(seed).choice(len(users), size=max_users, replace=False))
             users = SideTable(ids=users.ids.take(keep), columns=users.take(keep))
         self.users = users
-        self.relevant = self._positions_by_user(parquet_files(holdout_path))
-        self.seen = self._positions_by_user(parquet_files(train_path))
+        self.relevant = self._positions_by_user(parquet_files(holdout))
+        self.seen = self._positions_by_user(parquet_files(train))
         self.relevant = [np.setdiff1d(r, s) for r, s in zip(self.relevant, self.seen)]
 
-    def _positions_by_user(self, files: list[str]) -> list[np.ndarray]:
+    def _positions_by_user(self, files: list[Location]) -> list[np.ndarray]:
         user_pos = self.users.positions(_ids(files, "user_id"))
         item_pos = self.catalogue.positions(_ids(files, "item_id"))
         keep = (user_pos >= 0) & (item_pos >= 0)

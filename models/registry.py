@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 
 import keras
 
+from jobs.storage import Location
+from models.data import check_location
 from models.deepfm import DeepFMModel
+from models.item_item import ItemItemModel
 from models.kinds import KINDS
 from models.ncf import NCFModel
-from models.two_tower import ItemItemModel, TwoTowerModel
+from models.two_tower import TwoTowerModel
 
 FAMILY_CLASSES = {"two_tower": TwoTowerModel, "deepfm": DeepFMModel, "ncf": NCFModel}
 #: Kinds built by a class of their own rather than as a preset of their family's class.
@@ -43,6 +48,27 @@ def build_model(kind: str, spec: Mapping, *, output_bias: float = 0.0, **params)
     return cls(dict(spec), kind=kind, output_bias=output_bias, **args)
 
 
-def load_model(path: str) -> keras.Model:
-    """Load a saved nightrec model (importing this module registers every custom class)."""
-    return keras.models.load_model(path)
+def load_model(model_file: Location) -> keras.Model:
+    """Load a saved nightrec model (importing this module registers every custom class).
+
+    Args:
+        model_file: the ``.keras`` file, on any file system (a copy is read when it is not local:
+            Keras needs a path on this machine's disk).
+    """
+    if not check_location(model_file, "the saved model").is_file():
+        raise FileNotFoundError(f"{model_file.display()}: no saved model there (expected the .keras file that "
+                                "models.train.train_model writes)")
+    if model_file.local_path is not None:
+        return keras.models.load_model(model_file.local_path)
+    with tempfile.TemporaryDirectory(prefix="nightrec-model-") as tmp:
+        model_file.copy_to_local(tmp)
+        return keras.models.load_model(os.path.join(tmp, model_file.name))
+
+
+def version_key(*locations: Location) -> str:
+    """A key naming these files' or folders' current versions (URI and modification time of each).
+
+    For caches of what is built from them once per process (a loaded model, a catalogue's item
+    parts: ``jobs.scoring.worker_cached``), so a retrained model is not served from the cache.
+    """
+    return "|".join(f"{loc.uri}@{loc.mtime_ns()}" for loc in locations)

@@ -113,8 +113,8 @@ def reconstruction_loss(scores, history, weights=None):
 
     EASE's loss (Steck 2019): every item is a target, 1 if it is in the user's
     history, else 0; an item of the history must be scored without its own
-    term (the caller's job: ``ItemItemModel.history_reconstruction``), so
-    no item predicts itself.
+    term (the caller's job: ``models.item_item.ItemItemModel.history_reconstruction``),
+    so no item predicts itself.
 
     Args:
         scores: [batch, n_items] the row's user's reconstruction of every item.

@@ -37,97 +37,26 @@ from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
-import pyarrow.parquet as pq
 import tensorflow as tf
 
+from jobs.storage import Location
 from models.base import expand_rows, group_rows
 from models.catalogue import (FULL_SOFTMAX_MAX_ITEMS, CatalogueItems, NegativeSampler, index_counts, read_side_table,
                               read_user_history)
-from models.data import count_rows, input_columns, iter_batches, make_dataset, parquet_files, to_feed
+from models.data import (check_location, count_rows, input_columns, iter_batches, make_dataset, parquet_files,
+                         read_parquet, to_feed)
 from models.evaluation import RankingHoldout, RatingHoldout
-from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, loss_problem
+from models.kinds import KINDS
 from models.registry import build_model, load_model
+from models.settings import SOFTMAX_LOSSES, TrainSettings
 from models.tasks import (full_softmax_loss, in_batch_softmax_from_scores, rating_loss, reconstruction_loss,
                           sampled_bce_loss)
 
 MODEL_FILE = "model.keras"
-_SOFTMAX_LOSSES = ("in_batch_softmax", "full_softmax")
 FEATURE_STATE_FILE = "feature_state.json"
 TRAIN_FILE = "train.json"
 
 __all__ = ["MODEL_FILE", "TrainSettings", "TrainResult", "train_model", "load_model", "item_log_frequencies"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """How to train (the model's own hyper-parameters go to ``models.registry.build_model``).
-
-    Attributes:
-        objective: "implicit" (top-K from interactions) or "rating" (regression).
-        loss: implicit loss, "in_batch_softmax", "sampled_bce", "full_softmax" or "reconstruction"
-            (``item_item`` only) (None: the kind's default).
-        epochs: maximum epochs.
-        batch_size: global batch size (split across replicas).
-        learning_rate: Adam learning rate.
-        patience: stop after this many epochs without a better holdout metric (0: never stop early).
-        temperature: in-batch or full softmax temperature (scores are divided by it).
-        log_q: subtract log item frequency from in-batch logits.
-        extra_negatives: in-batch softmax: items sampled uniformly from the
-            catalogue per batch, added to the batch's own items as negatives
-            (mixed negative sampling); the log-Q correction then uses the
-            mixture's expected count of each item.
-        mask_history: in-batch or full softmax, models with a history input: a negative that is in
-            the row user's history (another positive of the user) is masked out like an accidental hit.
-        user_weight_power: in-batch or full softmax: each example weighs n_u ** -user_weight_power
-            (n_u: its user's training rows), so users with many rows dominate the loss less; 0: every
-            example weighs the same, 1: every user weighs the same.
-        negatives: "uniform" or "popularity" (sampled_bce).
-        negative_ratio: sampled negatives per positive (sampled_bce).
-        seed: seed of initialisation, shuffling and sampling.
-        eval_k: cut-off of the ranking holdout metric.
-        eval_max_users: holdout users evaluated per epoch (a seeded sample).
-    """
-
-    objective: str = "implicit"
-    loss: str | None = None
-    epochs: int = 8
-    batch_size: int = 1024
-    learning_rate: float = 0.005
-    patience: int = 2
-    temperature: float = 0.1
-    log_q: bool = True
-    extra_negatives: int = 0
-    mask_history: bool = False
-    user_weight_power: float = 0.0
-    negatives: str = "uniform"
-    negative_ratio: int = 4
-    seed: int = 42
-    eval_k: int = 10
-    eval_max_users: int = 2000
-
-    def resolved_loss(self, kind: str) -> str:
-        """The loss actually used: "mse" for ratings, else the implicit loss."""
-        if self.objective == "rating":
-            return "mse"
-        return self.loss or KINDS[kind].default_loss
-
-    def check(self, kind: str) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(sorted(KINDS))}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.loss is not None and self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        problem = loss_problem(kind, self.objective, self.loss)
-        if problem:
-            raise ValueError(problem)
-        if not 0.0 <= self.user_weight_power <= 1.0:
-            raise ValueError(f"user_weight_power must be in [0, 1], got {self.user_weight_power!r}")
-        if self.user_weight_power and self.resolved_loss(kind) not in _SOFTMAX_LOSSES:
-            raise ValueError(f"user_weight_power weighs the examples of a softmax loss ({', '.join(_SOFTMAX_LOSSES)}),"
-                             f" not {self.resolved_loss(kind)}")
-        if self.negatives not in NEGATIVE_SAMPLERS:
-            raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {self.negatives!r}")
 
 
 @dataclasses.dataclass
@@ -135,7 +64,7 @@ class TrainResult:
     """What a training run produced.
 
     Attributes:
-        model_path: the saved ``.keras`` file.
+        model_file: the saved ``.keras`` file (``out_dir / MODEL_FILE``).
         history: one dict per epoch (epoch, loss, holdout metrics, examples_per_s, seconds).
         examples: training rows seen per epoch.
         best_epoch: the epoch whose weights were kept (the last one without a holdout).
@@ -144,7 +73,7 @@ class TrainResult:
         factorised: whether the model scores as a dot product of exported embeddings.
     """
 
-    model_path: str
+    model_file: Location
     history: list[dict]
     examples: int
     best_epoch: int
@@ -153,7 +82,7 @@ class TrainResult:
     factorised: bool
 
 
-def item_log_frequencies(files: list[str], item_col: str, vocab_size: int) -> np.ndarray:
+def item_log_frequencies(files: list[Location], item_col: str, vocab_size: int) -> np.ndarray:
     """log(share of training rows) of every item index: [vocab_size] float32.
 
     Indices never seen get the log of half a row's share (a finite value).
@@ -166,10 +95,10 @@ def log_share(counts: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(counts, 0.5) / max(counts.sum(), 1.0)).astype(np.float32)
 
 
-def _mean_rating(files: list[str]) -> float:
+def _mean_rating(files: list[Location]) -> float:
     total = rows = 0.0
-    for path in files:
-        column = pq.read_table(path, columns=["rating"]).column(0).to_numpy()
+    for file in files:
+        column = read_parquet(file, ["rating"]).column(0).to_numpy()
         total += float(np.nansum(column))
         rows += int(np.isfinite(column).sum())
     return total / rows if rows else 0.0
@@ -183,30 +112,31 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
 
 
-def _holdout(settings: TrainSettings, spec, holdout_path, examples_path, catalogue_path):
-    if holdout_path is None:
+def _evaluator(settings: TrainSettings, spec, holdout: Location | None, examples: Location,
+               catalogue: Location | None):
+    if holdout is None:
         return None
     if settings.objective == "rating":
-        return RatingHoldout(holdout_path, spec)
-    if catalogue_path is None:
-        raise ValueError("a ranking holdout needs item_features_path (the catalogue to rank)")
-    return RankingHoldout(holdout_path, examples_path, catalogue_path, spec, k=settings.eval_k,
+        return RatingHoldout(holdout, spec)
+    if catalogue is None:
+        raise ValueError("a ranking holdout needs item_features (the catalogue to rank)")
+    return RankingHoldout(holdout, examples, catalogue, spec, k=settings.eval_k,
                           max_users=settings.eval_max_users, seed=settings.seed)
 
 
 def train_model(
     kind: str,
     spec: Mapping,
-    examples_path: str,
-    out_dir: str,
+    examples: Location,
+    out_dir: Location,
     *,
     settings: TrainSettings = TrainSettings(),
     model_params: Mapping | None = None,
-    item_features_path: str | None = None,
-    holdout_path: str | None = None,
-    holdout_catalogue_path: str | None = None,
+    item_features: Location | None = None,
+    holdout: Location | None = None,
+    holdout_catalogue: Location | None = None,
     feature_state_json: str | None = None,
-    user_history_path: str | None = None,
+    user_history: Location | None = None,
     strategy: tf.distribute.Strategy | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -215,20 +145,20 @@ def train_model(
     Args:
         kind: a name in ``models.kinds.KINDS``.
         spec: model input spec from the feature stage.
-        examples_path: Parquet training examples: one (user, item) row each with
+        examples: Parquet training examples: one (user, item) row each with
             every input column of ``spec`` (and ``rating`` for the rating objective).
-        out_dir: local folder; receives ``model.keras``, ``train.json`` and
-            ``feature_state.json`` (when given).
+        out_dir: folder on any file system; receives ``model.keras``, ``train.json`` and
+            ``feature_state.json`` (when given), from the chief worker only.
         settings: objective, loss and optimisation settings.
         model_params: the kind's hyper-parameters (``models.registry.build_model``).
-        item_features_path: the item catalogue (Parquet; needed by sampled
-            negatives and by the ranking holdout).
-        holdout_path: Parquet holdout examples for the per-epoch metric and
+        item_features: the item catalogue (Parquet; needed by sampled
+            negatives, the full softmax and the ranking holdout).
+        holdout: Parquet holdout examples for the per-epoch metric and
             early stopping (None: train all epochs).
-        holdout_catalogue_path: the items the ranking holdout ranks (default:
-            ``item_features_path``), e.g. only new items for a cold-start check.
+        holdout_catalogue: the items the ranking holdout ranks (default:
+            ``item_features``), e.g. only new items for a cold-start check.
         feature_state_json: the fitted feature state, saved beside the model.
-        user_history_path: Parquet users' histories (``jobs.history.user_history`` of the
+        user_history: Parquet users' histories (``jobs.history.user_history`` of the
             examples' window); required by models with ``history_max_len > 0``.
         strategy: tf.distribute strategy (default: the current one).
         log: receives one progress line per epoch.
@@ -242,10 +172,11 @@ def train_model(
     tf.config.experimental.enable_op_determinism()
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    files = parquet_files(examples_path)
+    check_location(out_dir, "the training output folder")
+    files = parquet_files(examples)
     n_rows = count_rows(files)
     if n_rows == 0:
-        raise ValueError(f"{examples_path}: no training examples")
+        raise ValueError(f"{examples.display()}: no training examples")
     batch_size = max(replicas, min(settings.batch_size, n_rows) // replicas * replicas)
     steps_per_epoch = max(1, n_rows // batch_size)
     columns = input_columns(spec)
@@ -257,24 +188,24 @@ def train_model(
     sampler = everything = None
     extra = settings.extra_negatives if loss_name == "in_batch_softmax" else 0
     if loss_name == "full_softmax":
-        if item_features_path is None:
-            raise ValueError(f"{kind}: loss full_softmax needs item_features_path (the catalogue it ranks)")
-        everything = CatalogueItems(read_side_table(item_features_path, spec["item"], "item_id"), item_col, vocab)
+        if item_features is None:
+            raise ValueError(f"{kind}: loss full_softmax needs item_features (the catalogue it ranks)")
+        everything = CatalogueItems(read_side_table(item_features, spec["item"], "item_id"), item_col, vocab)
         absent = everything.missing(np.nonzero(counts)[0])
         if absent.size:
             raise ValueError(f"{kind}: {absent.size} item indices of the training examples (e.g. "
                              f"{', '.join(map(str, absent[:5]))}) are not trained items of the catalogue "
-                             f"{item_features_path}; were both built with the same feature state?")
+                             f"{item_features.display()}; were both built with the same feature state?")
     if loss_name == "sampled_bce" or extra:
-        if item_features_path is None:
-            raise ValueError(f"{kind}: sampled negatives need item_features_path (the catalogue to sample from)")
-        catalogue = read_side_table(item_features_path, spec["item"], "item_id")
+        if item_features is None:
+            raise ValueError(f"{kind}: sampled negatives need item_features (the catalogue to sample from)")
+        catalogue = read_side_table(item_features, spec["item"], "item_id")
         mode = settings.negatives if loss_name == "sampled_bce" else "uniform"
         sampler = NegativeSampler(catalogue, item_col, counts, mode=mode, seed=settings.seed)
     user_weight = None
     # reconstruction: a user's rows each reconstruct the user's whole history, so each weighs 1/n_u
     weight_power = 1.0 if loss_name == "reconstruction" else settings.user_weight_power
-    if weight_power and loss_name in _SOFTMAX_LOSSES + ("reconstruction",):
+    if weight_power and loss_name in SOFTMAX_LOSSES + ("reconstruction",):
         rows = index_counts(files, spec["user"]["id"]["name"], int(spec["user"]["id"]["vocab_size"]))
         user_weight = tf.constant(np.maximum(rows, 1.0) ** -weight_power, tf.float32)
     if loss_name == "reconstruction" and vocab > FULL_SOFTMAX_MAX_ITEMS:
@@ -286,7 +217,7 @@ def train_model(
         expected = expected + extra * sampler.index_probability
     log_q = tf.constant(np.log(expected).astype(np.float32))
     output_bias = _mean_rating(files) if settings.objective == "rating" else 0.0
-    holdout = _holdout(settings, spec, holdout_path, examples_path, holdout_catalogue_path or item_features_path)
+    evaluator = _evaluator(settings, spec, holdout, examples, holdout_catalogue or item_features)
 
     with strategy.scope():
         model = build_model(kind, spec, output_bias=output_bias, **dict(model_params or {}))
@@ -294,10 +225,10 @@ def train_model(
         first = to_feed(next(iter_batches(files[:1], columns, 4, shuffle=False)))
         model(first)
         if getattr(model, "history_max_len", 0):
-            if user_history_path is None:
-                raise ValueError(f"{kind}: history_max_len {model.history_max_len} needs user_history_path "
+            if user_history is None:
+                raise ValueError(f"{kind}: history_max_len {model.history_max_len} needs user_history "
                                  "(the users' histories of the training window, jobs.history.user_history)")
-            model.set_history(read_user_history(user_history_path, int(spec["user"]["id"]["vocab_size"]),
+            model.set_history(read_user_history(user_history, int(spec["user"]["id"]["vocab_size"]),
                                                 model.history_max_len))
         if settings.mask_history and not getattr(model, "history_max_len", 0):
             raise ValueError(f"{kind}: mask_history needs a model with a history input (history_max_len >= 1)")
@@ -387,44 +318,41 @@ def train_model(
             "seconds": seconds,
         }
         line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
-        improved = holdout is None
-        if holdout is not None:
-            metrics = holdout.evaluate(model)
+        improved = evaluator is None
+        if evaluator is not None:
+            metrics = evaluator.evaluate(model)
             record["holdout"] = metrics
-            value = metrics[holdout.name]
-            improved = best_value is None or (value > best_value if holdout.higher_is_better else value < best_value)
-            label = f"{holdout.name}@{settings.eval_k}" if holdout.name == "ndcg" else holdout.name
+            value = metrics[evaluator.name]
+            improved = best_value is None or (value > best_value if evaluator.higher_is_better else value < best_value)
+            label = f"{evaluator.name}@{settings.eval_k}" if evaluator.name == "ndcg" else evaluator.name
             line += f", holdout {label} {value:.4f}"
             if improved:
                 best_value = value
         if improved:
             best_epoch = epoch
-            best_weights = [w.copy() for w in model.get_weights()] if holdout is not None else None
+            best_weights = [w.copy() for w in model.get_weights()] if evaluator is not None else None
         history.append(record)
         log(f"{line}, {record['examples_per_s']:,.0f} examples/s, {seconds:.1f}s")
-        if holdout is not None and settings.patience and epoch - best_epoch >= settings.patience:
-            log(f"early stop: no better holdout {holdout.name} for {settings.patience} epochs; "
+        if evaluator is not None and settings.patience and epoch - best_epoch >= settings.patience:
+            log(f"early stop: no better holdout {evaluator.name} for {settings.patience} epochs; "
                 f"keeping epoch {best_epoch}")
             break
     if best_weights is not None and best_epoch != history[-1]["epoch"]:
         model.set_weights(best_weights)
 
-    os.makedirs(out_dir, exist_ok=True)
-    model_path = os.path.join(out_dir, MODEL_FILE)
     if _is_chief(strategy):
-        model.save(model_path)
+        with out_dir.writing_folder() as local:   # Keras saves to a path on this machine's disk
+            model.save(os.path.join(local, MODEL_FILE))
         if feature_state_json is not None:
-            with open(os.path.join(out_dir, FEATURE_STATE_FILE), "w") as fh:
-                fh.write(feature_state_json)
-        with open(os.path.join(out_dir, TRAIN_FILE), "w") as fh:
-            json.dump({
-                "kind": kind, "family": KINDS[kind].family, "objective": settings.objective, "loss": loss_name,
-                "factorised": bool(model.factorised), "settings": dataclasses.asdict(settings),
-                "model_params": dict(model_params or {}), "best_epoch": best_epoch,
-                "metric": holdout.name if holdout else None, "best_metric": best_value,
-                "examples_per_epoch": steps_per_epoch * batch_size, "history": history,
-            }, fh, indent=2, default=str)
+            (out_dir / FEATURE_STATE_FILE).write_text(feature_state_json)
+        (out_dir / TRAIN_FILE).write_text(json.dumps({
+            "kind": kind, "family": KINDS[kind].family, "objective": settings.objective, "loss": loss_name,
+            "factorised": bool(model.factorised), "settings": dataclasses.asdict(settings),
+            "model_params": dict(model_params or {}), "best_epoch": best_epoch,
+            "metric": evaluator.name if evaluator else None, "best_metric": best_value,
+            "examples_per_epoch": steps_per_epoch * batch_size, "history": history,
+        }, indent=2, default=str))
     return TrainResult(
-        model_path=model_path, history=history, examples=steps_per_epoch * batch_size, best_epoch=best_epoch,
-        metric=holdout.name if holdout else None, best_metric=best_value, factorised=bool(model.factorised),
+        model_file=out_dir / MODEL_FILE, history=history, examples=steps_per_epoch * batch_size, best_epoch=best_epoch,
+        metric=evaluator.name if evaluator else None, best_metric=best_value, factorised=bool(model.factorised),
     )

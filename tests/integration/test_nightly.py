@@ -9,37 +9,15 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from jobs import synthetic
-
-DS = "2024-03-31"
-K = 5
-TINY = {
-    "source": {"synthetic": {"n_users": 150, "n_items": 120, "ratings_per_user": 15, "days": 30,
-                             "end_date": "2024-04-05", "seed": 11}},
-    "split": {"holdout_days": 5},
-    "models": [{"name": "two_tower", "embedding_dim": 8, "tower_layers": [16], "epochs": 2, "batch_size": 128}],
-    "evaluation": {"k": K},
-    "publish": {"k": K},
-    "spark": {"master": "local[2]", "shuffle_partitions": 2},
-}
+from tests.fixtures.tiny_night import DS, K, TINY, events_through_ds, run_nightly
 
 
 @pytest.fixture(scope="module")
 def run(spark, prefect_server, tmp_path_factory):
-    from flows.nightly import nightly
-
+    """The default run, with the warehouse given as a file:// URI."""
     warehouse = tmp_path_factory.mktemp("warehouse")
-    config = {**TINY, "warehouse": str(warehouse)}
-    summary = nightly(ds=DS, config=config)
-    return warehouse, config, summary
-
-
-def _events_through_ds():
-    from flows.config import SyntheticConfig
-
-    spec = SyntheticConfig(**TINY["source"]["synthetic"]).spec()
-    ratings = synthetic.synthetic_ratings(synthetic.make_world(spec))
-    return ratings[ratings.ts < pd.Timestamp("2024-04-01", tz="UTC")]
+    config = {**TINY, "warehouse": "file://" + str(warehouse)}
+    return warehouse, config, run_nightly(config)
 
 
 def test_recommendations_follow_the_table_contract(run):
@@ -47,7 +25,7 @@ def test_recommendations_follow_the_table_contract(run):
     part = warehouse / "recommendations" / f"ds={DS}" / "model=two_tower"
     recs = pd.read_parquet(part)
     assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "source"]
-    events = _events_through_ds()
+    events = events_through_ds()
     # Every user (the users table holds all 150; some have no events through ds)
     # has exactly K rows with ranks 1..K.
     assert set(recs.user_id) == set(range(1, 151))
@@ -86,7 +64,7 @@ def test_training_examples_and_feature_state_are_published(run):
     from jobs.features import FeatureState
 
     warehouse, _, _ = run
-    events = _events_through_ds()
+    events = events_through_ds()
     # refit_on_full (the default): the published window is every event through ds, one example each.
     examples = pd.read_parquet(warehouse / "training_examples" / f"ds={DS}")
     assert len(examples) == len(events)
@@ -107,7 +85,7 @@ def test_metrics_table_has_model_beside_popularity(run):
     assert set(metrics.scorer) == {"model", "popularity"}
     assert set(metrics.metric) == {"precision", "recall", "ndcg", "map"}
     assert metrics.value.between(0, 1).all()
-    assert summary["metrics"]["two_tower"]["model"]["users"] > 0
+    assert summary.metrics["two_tower"].model["users"] > 0
 
 
 def test_readers_pandas_pyarrow_duckdb(run):
@@ -145,7 +123,8 @@ MULTI = {
 
 @pytest.fixture(scope="module")
 def multi_run(spark, prefect_server, tmp_path_factory):
-    """The multi-model run goes through the command line (``nightrec nightly --config F --json``)."""
+    """The multi-model run goes through the command line (``nightrec nightly --config F --json``), with the
+    warehouse given as a path relative to the working directory."""
     import contextlib
     import io
 
@@ -153,21 +132,28 @@ def multi_run(spark, prefect_server, tmp_path_factory):
 
     from flows import cli
 
-    warehouse = tmp_path_factory.mktemp("warehouse_multi")
-    config_file = warehouse.parent / "multi.yaml"
-    config_file.write_text(yaml.safe_dump({**MULTI, "warehouse": str(warehouse)}))
+    here = tmp_path_factory.mktemp("multi")
+    config_file = here / "multi.yaml"
+    config_file.write_text(yaml.safe_dump({**MULTI, "warehouse": "warehouse_multi"}))
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(["nightly", "--ds", DS, "--config", str(config_file), "--json"])
+    cwd = os.getcwd()
+    os.chdir(here)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["nightly", "--ds", DS, "--config", "multi.yaml", "--json"])
+    finally:
+        os.chdir(cwd)
     assert code == 0
-    return warehouse, json.loads(out.getvalue())
+    summary = json.loads(out.getvalue())
+    assert summary["warehouse"] == str(here / "warehouse_multi")
+    return here / "warehouse_multi", summary
 
 
 def test_several_models_are_trained_evaluated_and_published(multi_run):
     from models.registry import load_model
 
     warehouse, summary = multi_run
-    rated = set(zip(_events_through_ds().user_id, _events_through_ds().item_id))
+    rated = set(zip(events_through_ds().user_id, events_through_ds().item_id))
     for name in ("ratings", "dfm"):
         recs = pd.read_parquet(warehouse / "recommendations" / f"ds={DS}" / f"model={name}")
         assert set(recs.user_id) == set(range(1, 151)) and (recs.groupby("user_id").size() == K).all()
@@ -211,7 +197,7 @@ def test_two_stage_model_ranks_only_the_retrievers_candidates(multi_run):
     assert json.loads((warehouse / "recommendations" / f"ds={DS}" / "model=dfm" / "_manifest.json").read_text()
                       )["scoring"] == "exhaustive"
     recs = pd.read_parquet(part)
-    rated = set(zip(_events_through_ds().user_id, _events_through_ds().item_id))
+    rated = set(zip(events_through_ds().user_id, events_through_ds().item_id))
     assert (recs.groupby("user_id").size() == K).all()
     assert not any((u, i) in rated for u, i in zip(recs.user_id, recs.item_id))
     # The retriever's candidates, recomputed from its published embedding tables in NumPy.

@@ -7,15 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.test_nightly import DS, TINY, _events_through_ds
+from tests.fixtures.tiny_night import DS, TINY, events_through_ds, run_nightly
 
 MAX_LEN = 5
 
 
 @pytest.fixture(scope="module")
 def history_run(spark, prefect_server, tmp_path_factory):
-    from flows.nightly import nightly
-
     warehouse = tmp_path_factory.mktemp("warehouse_history")
     model = {**TINY["models"][0], "name": "tt_history", "history_max_len": MAX_LEN, "mask_history": True}
     # The same model trained with a softmax over the whole catalogue and per-user weights.
@@ -23,7 +21,7 @@ def history_run(spark, prefect_server, tmp_path_factory):
     # The item-item model: the user is the sum of their history's embeddings.
     item_item = {"name": "item_item", "kind": "item_item", "history_max_len": MAX_LEN, "embedding_dim": 8,
                  "l2": 0.01, "epochs": 2, "batch_size": 128}
-    summary = nightly(ds=DS, config={**TINY, "models": [model, full, item_item], "warehouse": str(warehouse)})
+    summary = run_nightly({**TINY, "models": [model, full, item_item], "warehouse": str(warehouse)})
     return warehouse, summary
 
 
@@ -33,7 +31,7 @@ def test_published_model_holds_the_full_windows_histories(history_run):
     warehouse, summary = history_run
     folder = os.path.join(warehouse, "models", f"ds={DS}", "model=tt_history")
     model = load_model(os.path.join(folder, "model.keras"))
-    events = _events_through_ds()     # refit_on_full: the published model's window is train + holdout
+    events = events_through_ds()     # refit_on_full: the published model's window is train + holdout
     user_index = {u: n + 2 for n, u in enumerate(sorted(events.user_id.unique()))}
     item_index = {i: n + 2 for n, i in enumerate(sorted(events.item_id.unique()))}
     latest = events.assign(item_idx=events.item_id.map(item_index)).groupby(["user_id", "item_idx"],
@@ -51,7 +49,7 @@ def test_recommendations_and_metrics_are_published(history_run, name):
     warehouse, summary = history_run
     recs = pd.read_parquet(os.path.join(warehouse, "recommendations", f"ds={DS}", f"model={name}"))
     assert recs.groupby("user_id").size().max() == TINY["publish"]["k"]
-    assert name in summary["metrics"]
+    assert name in summary.metrics
     with open(os.path.join(warehouse, "models", f"ds={DS}", f"model={name}", "train.json")) as fh:
         expected = {"tt_full": "full_softmax", "item_item": "reconstruction"}.get(name, "in_batch_softmax")
         assert json.load(fh)["loss"] == expected
@@ -66,7 +64,7 @@ def test_item_item_user_embeddings_are_the_sums_of_their_history_items(history_r
     lists = np.asarray(model.user_history)
     table = np.asarray(model.history_items.embeddings)
     users = pd.read_parquet(os.path.join(folder, "user_embeddings.parquet"))
-    events = _events_through_ds()
+    events = events_through_ds()
     user_index = {u: n + 2 for n, u in enumerate(sorted(events.user_id.unique()))}
     assert set(user_index) <= set(users.user_id)
     for user_id, embedding in zip(users.user_id, users.embedding):

@@ -53,3 +53,19 @@ def test_relevant_items_drop_already_seen_and_low_ratings(spark):
     train = spark.createDataFrame([(1, "c", 3.0)], "user_id int, item_id string, rating double")
     truth = evaluate.relevant_items(holdout, train, min_rating=4.0)
     assert sorted(r.item_id for r in truth.collect()) == ["a"]
+
+
+def test_metrics_frame_has_one_row_per_model_scorer_and_metric(spark):
+    ranking = {"precision": 0.1, "recall": 0.2, "ndcg": 0.3, "map": 0.4, "users": 7}
+    popular = {"precision": 0.01, "recall": 0.02, "ndcg": 0.03, "map": 0.04, "users": 7}
+    results = {
+        "tt": {"k": 5, "model": ranking, "popularity": popular},
+        "mf": {"k": 5, "model": ranking, "popularity": popular, "rating": {"rmse": 0.9, "mae": 0.7, "rows": 40}},
+    }
+    rows = {(r.model, r.scorer, r.metric): (r.k, r.value, r.users)
+            for r in evaluate.metrics_frame(spark, results).collect()}
+    assert len(rows) == 2 * 2 * 4 + 2
+    assert rows["tt", "model", "ndcg"] == (5, 0.3, 7)
+    assert rows["mf", "popularity", "map"] == (5, 0.04, 7)
+    assert rows["mf", "model", "rmse"] == (None, 0.9, 40) and rows["mf", "model", "mae"] == (None, 0.7, 40)
+    assert ("tt", "model", "rmse") not in rows

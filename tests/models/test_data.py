@@ -1,28 +1,32 @@
+"""Parquet -> batches and tf.data, read through jobs.storage (local folders and mock://)."""
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from models.data import iter_batches, make_dataset, parquet_files
+from models.data import count_rows, iter_batches, make_dataset, parquet_files, row_group_units
 
 
-def _write(tmp_path, n_files=3, rows=10):
-    folder = tmp_path / "examples"
-    folder.mkdir()
+def _write(root, n_files=3, rows=10):
+    folder = root / "examples"
     for f in range(n_files):
         ids = np.arange(f * rows, (f + 1) * rows)
         tags = [[int(i % 3)] * int(i % 4) for i in ids]   # lengths 0..3
-        pq.write_table(
-            pa.table({"id": ids, "tags": pa.array(tags, pa.list_(pa.int32())), "x": ids * 0.5}),
-            folder / f"part-{f}.parquet",
-        )
+        part = folder / f"part-{f}.parquet"
+        part.parent.mkdirs()
+        pq.write_table(pa.table({"id": ids, "tags": pa.array(tags, pa.list_(pa.int32())), "x": ids * 0.5}),
+                       part.path, filesystem=part.fs)
     (folder / "_SUCCESS").write_text("")
-    return str(folder)
+    return folder
 
 
-def test_batches_cover_all_rows_once_and_pad_lists(tmp_path):
-    path = _write(tmp_path)
+@pytest.mark.parametrize("where", ["root", "mock_root"])
+def test_batches_cover_all_rows_once_and_pad_lists(where, request):
+    path = _write(request.getfixturevalue(where))
     files = parquet_files(path)
-    assert len(files) == 3  # the marker is skipped
+    assert files == [path / f"part-{f}.parquet" for f in range(3)]  # the marker is skipped
+    assert count_rows(files) == 30
     batches = list(iter_batches(files, {"id": 0, "tags": 3, "x": 0}, 7, shuffle=True, seed=5, pool_rows=8))
     ids = np.concatenate([b["id"] for b in batches])
     assert sorted(ids.tolist()) == list(range(30))
@@ -34,9 +38,9 @@ def test_batches_cover_all_rows_once_and_pad_lists(tmp_path):
             assert x == i * 0.5
 
 
-def test_the_shuffle_pool_mixes_the_last_rows_read_with_earlier_ones(tmp_path):
+def test_the_shuffle_pool_mixes_the_last_rows_read_with_earlier_ones(root):
     # Three files of 100 rows, file f holding ids f*100.. (as examples files group one user's rows).
-    files = parquet_files(_write(tmp_path, n_files=3, rows=100))
+    files = parquet_files(_write(root, n_files=3, rows=100))
     batches = list(iter_batches(files, {"id": 0}, 20, shuffle=True, seed=3, pool_rows=100))
     ids = np.concatenate([b["id"] for b in batches])
     assert sorted(ids.tolist()) == list(range(300))
@@ -47,8 +51,8 @@ def test_the_shuffle_pool_mixes_the_last_rows_read_with_earlier_ones(tmp_path):
     assert files_per_batch[:2] == [1, 1] and min(files_per_batch[2:]) >= 2
 
 
-def test_shuffle_is_deterministic_by_seed_and_shards_split_files(tmp_path):
-    files = parquet_files(_write(tmp_path))
+def test_shuffle_is_deterministic_by_seed_and_shards_split_files(root):
+    files = parquet_files(_write(root))
     cols = {"id": 0}
     a = np.concatenate([b["id"] for b in iter_batches(files, cols, 4, seed=1)])
     b = np.concatenate([b["id"] for b in iter_batches(files, cols, 4, seed=1)])
@@ -60,8 +64,8 @@ def test_shuffle_is_deterministic_by_seed_and_shards_split_files(tmp_path):
     assert set(shard0.tolist()).isdisjoint(shard1.tolist())
 
 
-def test_tf_dataset_types_and_drop_remainder(tmp_path):
-    files = parquet_files(_write(tmp_path))
+def test_tf_dataset_types_and_drop_remainder(root):
+    files = parquet_files(_write(root))
     ds = make_dataset(files, {"id": 0, "tags": 3, "x": 0}, 8, shuffle=False, drop_remainder=True)
     batches = list(ds)
     assert len(batches) == 3  # 30 rows -> 3 full batches of 8
@@ -69,12 +73,12 @@ def test_tf_dataset_types_and_drop_remainder(tmp_path):
     assert batches[0]["id"].dtype.name == "int32" and batches[0]["x"].dtype.name == "float32"
 
 
-def test_one_file_splits_across_workers_by_row_group(tmp_path):
-    folder = tmp_path / "one"
-    folder.mkdir()
-    pq.write_table(pa.table({"id": np.arange(30)}), folder / "part-0.parquet", row_group_size=10)
-    files = parquet_files(str(folder))
-    assert len(files) == 1
+def test_one_file_splits_across_workers_by_row_group(mock_root):
+    part = mock_root / "one" / "part-0.parquet"
+    part.parent.mkdirs()
+    pq.write_table(pa.table({"id": np.arange(30)}), part.path, filesystem=part.fs, row_group_size=10)
+    files = parquet_files(mock_root / "one")
+    assert row_group_units(files) == [(part, 0), (part, 1), (part, 2)]
     shards = [np.concatenate([b["id"] for b in iter_batches(files, {"id": 0}, 4, num_shards=2, shard_index=i)])
               for i in range(2)]
     # Row groups 0 and 2 go to worker 0, row group 1 to worker 1.
@@ -82,8 +86,8 @@ def test_one_file_splits_across_workers_by_row_group(tmp_path):
     assert sorted(shards[1].tolist()) == list(range(10, 20))
 
 
-def test_repeat_reads_the_shard_again_with_a_new_shuffle(tmp_path):
-    files = parquet_files(_write(tmp_path))
+def test_repeat_reads_the_shard_again_with_a_new_shuffle(root):
+    files = parquet_files(_write(root))
     ds = make_dataset(files, {"id": 0}, 10, shuffle=True, seed=3, repeat=True, drop_remainder=True)
     batches = [b["id"].numpy() for b in ds.take(6)]     # two passes over 30 rows
     first, second = np.concatenate(batches[:3]), np.concatenate(batches[3:])

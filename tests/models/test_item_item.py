@@ -1,16 +1,15 @@
 """The factorised item-item model (EASE with B = E Q^T): scores, reconstruction and penalty by hand,
 the reconstruction loss, and training that reaches EASE's closed form."""
 
-import os
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from models.registry import build_model, load_model
+from models.settings import TrainSettings
 from models.tasks import reconstruction_loss
-from models.train import TrainSettings, train_model
+from models.train import TRAIN_FILE, train_model
+from tests.fixtures.models import write_table
 
 # Ids only: item_item reads nothing else. Item vocabulary 8 (rows 0, 1 reserved), user vocabulary 6.
 SPEC = {
@@ -96,34 +95,31 @@ def _ease(x, lam):
     return b
 
 
-def _write_training(tmp_path, histories):
+def _write_training(root, histories):
     """Examples (one row per history item) and the history table of {user index: [item indices]}."""
     users = np.array([u for u, items in histories.items() for _ in items], np.int32)
     items = np.array([i for its in histories.values() for i in its], np.int32)
-    examples = tmp_path / "examples"
-    examples.mkdir()
-    pq.write_table(pa.table({"user_id": users.astype(np.int64), "item_id": items.astype(np.int64),
-                             "user_idx": users, "item_idx": items}), examples / "part-0.parquet")
-    history = tmp_path / "history"
-    history.mkdir()
-    pq.write_table(pa.table({"user_idx": pa.array(list(histories), pa.int32()),
-                             "history": pa.array(list(histories.values()), pa.list_(pa.int32()))}),
-                   history / "part-0.parquet")
-    return str(examples), str(history), len(users)
+    examples = write_table(root / "examples", pa.table({"user_id": users.astype(np.int64),
+                                                        "item_id": items.astype(np.int64),
+                                                        "user_idx": users, "item_idx": items}))
+    history = write_table(root / "history", pa.table({
+        "user_idx": pa.array(list(histories), pa.int32()),
+        "history": pa.array(list(histories.values()), pa.list_(pa.int32()))}))
+    return examples, history, len(users)
 
 
-def test_training_reaches_eases_closed_form_and_reloads(tmp_path):
+def test_training_reaches_eases_closed_form_and_reloads(root):
     # Four users with overlapping histories over items 2..7 (users hold different numbers of rows).
     histories = {2: [2, 3, 4], 3: [3, 4, 5, 6], 4: [5, 6, 7], 5: [2, 4, 6, 7, 3]}
-    examples, history, n_rows = _write_training(tmp_path, histories)
+    examples, history, n_rows = _write_training(root, histories)
     # A full batch weighs every user once: loss = (1/4) ||X - X B||^2 + l2 ||B||^2, i.e. EASE with lambda = 4 l2.
     l2 = 0.5
-    result = train_model("item_item", SPEC, examples, str(tmp_path / "model"),
+    result = train_model("item_item", SPEC, examples, root / "model",
                          settings=TrainSettings(epochs=150, batch_size=n_rows, learning_rate=0.05, seed=4),
                          model_params={"embedding_dim": 6, "history_max_len": 5, "l2": l2},
-                         user_history_path=history, log=lambda _: None)
+                         user_history=history, log=lambda _: None)
     assert result.factorised and result.history[-1]["loss"] < result.history[0]["loss"]
-    model = load_model(result.model_path)
+    model = load_model(result.model_file)
     e, q = (np.asarray(w) for w in (model.history_items.embeddings, model.items.embeddings))
     learned = (e @ q.T)[2:, 2:]
     np.fill_diagonal(learned, 0.0)    # never used: an item does not score itself
@@ -137,10 +133,10 @@ def test_training_reaches_eases_closed_form_and_reloads(tmp_path):
     items = {"item_idx": np.arange(2, 8, dtype=np.int32)}
     scores = np.asarray(model.score_matrix(users, items))
     np.testing.assert_allclose(scores, x @ (e @ q.T)[2:, 2:], rtol=1e-4, atol=1e-5)
-    assert os.path.exists(os.path.join(tmp_path, "model", "train.json"))
+    assert (root / "model" / TRAIN_FILE).is_file()
 
 
-def test_item_item_refuses_other_losses_and_the_rating_objective(tmp_path):
+def test_item_item_refuses_other_losses_and_the_rating_objective(root):
     with pytest.raises(ValueError, match="kind item_item trains with loss reconstruction, not in_batch_softmax"):
         TrainSettings(loss="in_batch_softmax").check("item_item")
     with pytest.raises(ValueError, match="kind item_item learns from the users' histories only"):
@@ -149,7 +145,30 @@ def test_item_item_refuses_other_losses_and_the_rating_objective(tmp_path):
         TrainSettings(loss="reconstruction").check("two_tower")
     with pytest.raises(ValueError, match="history_max_len must be >= 1"):
         build_model("item_item", SPEC, history_max_len=0)
-    examples, _, _ = _write_training(tmp_path, {2: [2, 3]})
-    with pytest.raises(ValueError, match="needs user_history_path"):
-        train_model("item_item", SPEC, examples, str(tmp_path / "m"), settings=TrainSettings(epochs=1),
+    examples, _, _ = _write_training(root, {2: [2, 3]})
+    with pytest.raises(ValueError, match="needs user_history "):
+        train_model("item_item", SPEC, examples, root / "m", settings=TrainSettings(epochs=1),
                     model_params={"history_max_len": 2}, log=lambda _: None)
+
+
+def test_a_model_saved_before_the_split_of_models_two_tower_still_loads(root):
+    # Saved before ItemItemModel had a module of its own, a .keras file names module "models.two_tower" for it;
+    # loading goes by the registered name "nightrec>ItemItemModel".
+    import json
+    import zipfile
+
+    model, e, q = _hand_model()
+    model.save(root.local_path + "/new.keras")
+    old = root / "old.keras"
+    with zipfile.ZipFile(root.local_path + "/new.keras") as src, zipfile.ZipFile(old.local_path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "config.json":
+                config = json.loads(data)
+                assert config["module"] == "models.item_item" and config["registered_name"] == "nightrec>ItemItemModel"
+                data = json.dumps({**config, "module": "models.two_tower"}).encode()
+            dst.writestr(name, data)
+    again = load_model(old)
+    users = {"user_idx": np.array([2, 3, 5], np.int32)}
+    items = {"item_idx": np.arange(2, 8, dtype=np.int32)}
+    np.testing.assert_allclose(np.asarray(again.score_matrix(users, items)), _x([2, 3, 5]) @ e @ q[2:].T, rtol=1e-6)

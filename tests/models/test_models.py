@@ -3,67 +3,24 @@
 import numpy as np
 import pytest
 
+from jobs.storage import Location
 from models.base import RecommenderModel
 from models.deepfm import second_order
 from models.kinds import KINDS
 from models.registry import build_model, load_model
-
-SPEC = {
-    "user": {"id": {"name": "user_idx", "vocab_size": 6},
-             "categorical": [{"name": "user_gender", "vocab_size": 4}],
-             "multi_categorical": [],
-             "continuous": ["user_age"]},
-    "item": {"id": {"name": "item_idx", "vocab_size": 7},
-             "categorical": [],
-             "multi_categorical": [{"name": "item_genres", "vocab_size": 5, "max_len": 3}],
-             "continuous": ["item_year"]},
-}
-SMALL = {"tower_layers": [8], "head_layers": [8], "deep_layers": [8, 4], "mlp_layers": [8, 4]}
-
-
-def _params(kind):
-    allowed = KINDS[kind].params
-    return {"embedding_dim": 4, **{k: v for k, v in SMALL.items() if k in allowed}}
-
-
-def _users():
-    return {"user_idx": np.array([2, 3, 1, 5], np.int32),      # row 2: an unseen user
-            "user_gender": np.array([2, 3, 2, 0], np.int32),
-            "user_age": np.array([0.5, -1.0, 1.5, 0.0], np.float32)}
-
-
-def _items():
-    return {"item_idx": np.array([2, 3, 4, 1, 6], np.int32),   # row 3: an unseen item
-            "item_genres": np.array([[2, -1, -1], [3, 4, -1], [2, 3, 4], [4, -1, -1], [0, -1, -1]], np.int32),
-            "item_year": np.array([0.1, -0.3, 0.7, 1.0, 0.0], np.float32)}
-
-
-def _pairs(users, items):
-    """Every (user row, item row) pair as aligned rows: user-major order."""
-    n_u, n_i = len(users["user_idx"]), len(items["item_idx"])
-    rows = {k: np.repeat(v, n_i, axis=0) for k, v in users.items()}
-    rows.update({k: np.tile(v, (n_u,) + (1,) * (v.ndim - 1)) for k, v in items.items()})
-    return rows
-
-
-def _randomise(model, seed=0):
-    """Non-zero weights everywhere (biases start at zero), so every term of the formula counts."""
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(scale=0.3, size=w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
-                       for w in model.get_weights()])
-
+from tests.fixtures.models import SPEC, item_rows, pairs, randomise, small_params, user_rows
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_kind_scores_consistently_and_round_trips(kind, tmp_path):
-    model = build_model(kind, SPEC, output_bias=3.5, **_params(kind))
-    users, items = _users(), _items()
-    model(_pairs(users, items))
-    _randomise(model)
+    model = build_model(kind, SPEC, output_bias=3.5, **small_params(kind))
+    users, items = user_rows(), item_rows()
+    model(pairs(users, items))
+    randomise(model)
     assert isinstance(model, RecommenderModel) and model.kind == kind
     matrix = np.asarray(model.score_matrix(users, items))
     assert matrix.shape == (4, 5) and np.isfinite(matrix).all()
     # Aligned rows (the training path) give the same scores as the cross layout.
-    aligned = np.asarray(model(_pairs(users, items))).reshape(4, 5)
+    aligned = np.asarray(model(pairs(users, items))).reshape(4, 5)
     np.testing.assert_allclose(aligned, matrix, rtol=1e-5, atol=1e-5)
     # A user against its own group of items (the sampled-negatives path).
     grouped = np.asarray(model.scores_against(users, {k: np.tile(v, (4,) + (1,) * (v.ndim - 1))
@@ -76,17 +33,17 @@ def test_every_kind_scores_consistently_and_round_trips(kind, tmp_path):
         with pytest.raises(TypeError, match="not a dot product"):
             model.user_embedding(users)
     model.save(str(tmp_path / "m.keras"))
-    again = load_model(str(tmp_path / "m.keras"))
+    again = load_model(Location(str(tmp_path / "m.keras")))
     assert type(again) is type(model) and again.kind == kind
     np.testing.assert_allclose(np.asarray(again.score_matrix(users, items)), matrix, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", [k for k in sorted(KINDS) if "use_features" in KINDS[k].params])
 def test_unseen_user_is_scored_from_features(kind):
-    model = build_model(kind, SPEC, **_params(kind))
-    users, items = _users(), _items()
-    model(_pairs(users, items))
-    _randomise(model, seed=1)
+    model = build_model(kind, SPEC, **small_params(kind))
+    users, items = user_rows(), item_rows()
+    model(pairs(users, items))
+    randomise(model, seed=1)
     cold = {k: v.copy() for k, v in users.items()}
     cold["user_idx"][:] = 1                       # nobody known: only gender and age differ
     scores = np.asarray(model.score_matrix(cold, items))
@@ -96,16 +53,16 @@ def test_unseen_user_is_scored_from_features(kind):
 
 def test_reserved_rows_start_at_zero():
     model = build_model("mf", SPEC, embedding_dim=4)
-    model(_pairs(_users(), _items()))
+    model(pairs(user_rows(), item_rows()))
     table = model.user_tower.embed.tables["user_idx"].embeddings.numpy()
     assert np.all(table[:2] == 0) and np.all(table[2:] != 0)
 
 
 def test_mf_mean_is_dot_plus_biases_plus_mean():
     model = build_model("mf_mean", SPEC, output_bias=3.5, embedding_dim=3)
-    users, items = _users(), _items()
-    model(_pairs(users, items))
-    _randomise(model, seed=2)
+    users, items = user_rows(), item_rows()
+    model(pairs(users, items))
+    randomise(model, seed=2)
     p = model.user_tower.embed.tables["user_idx"].embeddings.numpy()[users["user_idx"]]
     q = model.item_tower.embed.tables["item_idx"].embeddings.numpy()[items["item_idx"]]
     a = model.user_bias.embeddings.numpy()[users["user_idx"], 0]
@@ -125,9 +82,9 @@ def test_fm_second_order_equals_explicit_pairwise_sum():
 
 def test_fm_score_equals_first_order_plus_all_pairwise_interactions():
     model = build_model("fm", SPEC, output_bias=0.5, embedding_dim=3)
-    users, items = _users(), _items()
-    model(_pairs(users, items))
-    _randomise(model, seed=4)
+    users, items = user_rows(), item_rows()
+    model(pairs(users, items))
+    randomise(model, seed=4)
     u, i = 1, 2                                   # user idx 3 (gender 3, age -1) x item idx 4
     ufv = model.user_fields
     ifv = model.item_fields
@@ -150,10 +107,10 @@ def test_fm_score_equals_first_order_plus_all_pairwise_interactions():
 
 
 def test_gmf_and_ancf_formulas():
-    users, items = _users(), _items()
+    users, items = user_rows(), item_rows()
     gmf = build_model("gmf", SPEC, output_bias=0.25, embedding_dim=3)
-    gmf(_pairs(users, items))
-    _randomise(gmf, seed=5)
+    gmf(pairs(users, items))
+    randomise(gmf, seed=5)
     p = gmf.user_gmf.tables["user_idx"].embeddings.numpy()[users["user_idx"]]
     q = gmf.item_gmf.tables["item_idx"].embeddings.numpy()[items["item_idx"]]
     h = gmf.gmf_weights.numpy()
@@ -161,8 +118,8 @@ def test_gmf_and_ancf_formulas():
     np.testing.assert_allclose(np.asarray(gmf.score_matrix(users, items)), expected, rtol=1e-5)
 
     ancf = build_model("ancf", SPEC, embedding_dim=3, mlp_layers=[5], use_features=False)
-    ancf(_pairs(users, items))
-    _randomise(ancf, seed=6)
+    ancf(pairs(users, items))
+    randomise(ancf, seed=6)
     p = ancf.user_gmf.tables["user_idx"].embeddings.numpy()[users["user_idx"]]
     q = ancf.item_gmf.tables["item_idx"].embeddings.numpy()[items["item_idx"]]
     s = ancf.user_mlp.tables["user_idx"].embeddings.numpy()[users["user_idx"]]
@@ -222,7 +179,7 @@ def test_build_model_refuses_parameters_of_other_kinds():
 def test_factorised_kinds_are_the_models_that_say_so():
     from models.kinds import FACTORISED_KINDS
 
-    factorised = {kind for kind in KINDS if build_model(kind, SPEC, **_params(kind)).factorised}
+    factorised = {kind for kind in KINDS if build_model(kind, SPEC, **small_params(kind)).factorised}
     assert factorised == FACTORISED_KINDS
 
 

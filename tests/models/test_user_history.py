@@ -4,15 +4,15 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from jobs.storage import Location
 from models.catalogue import read_user_history
 from models.registry import build_model, load_model
-from models.train import TrainSettings, train_model
-from tests.models.test_models import SPEC, _items, _pairs, _users
-from tests.models.test_train import SPEC as TRAIN_SPEC
-from tests.models.test_train import _catalogue, _examples, _feed
+from models.settings import TrainSettings
+from models.train import TRAIN_FILE, train_model
+from tests.fixtures.models import (SPEC, TRAIN_SPEC, item_rows, pairs, train_feed, user_rows, write_catalogue,
+                                   write_examples, write_table)
 
 # History lists per user index (SPEC: user vocabulary 6, item vocabulary 7), -1 padded.
 LISTS = np.array([[-1, -1, -1], [-1, -1, -1], [2, 3, 4], [5, -1, -1], [-1, -1, -1], [6, 2, -1]], np.int32)
@@ -23,7 +23,7 @@ TABLE = np.array([[j * j, 1.0, -j, 0.0] for j in range(7)], np.float32)
 def _model(embedding="own", **params):
     model = build_model("two_tower", SPEC, embedding_dim=4, tower_layers=[8], history_max_len=3,
                         history_embedding=embedding, **params)
-    model(_pairs(_users(), _items()))
+    model(pairs(user_rows(), item_rows()))
     model.set_history(LISTS)
     table = model.history_table if embedding == "own" else model.item_tower.embed.tables["item_idx"]
     table.set_weights([TABLE])
@@ -75,10 +75,10 @@ def test_a_user_without_history_gets_the_zero_vector():
 
 def test_save_reload_keeps_the_histories_and_the_scores(tmp_path):
     model = _model("shared")
-    users, items = _users(), _items()
+    users, items = user_rows(), item_rows()
     before = np.asarray(model.score_matrix(users, items))
     model.save(str(tmp_path / "m.keras"))
-    again = load_model(str(tmp_path / "m.keras"))
+    again = load_model(Location(str(tmp_path / "m.keras")))
     np.testing.assert_array_equal(np.asarray(again.user_history), LISTS)
     np.testing.assert_allclose(np.asarray(again.score_matrix(users, items)), before, rtol=1e-6)
     dots = np.asarray(again.user_embedding(users)) @ np.asarray(again.item_embedding(items)).T
@@ -132,56 +132,61 @@ def test_history_settings_are_checked():
 
 
 def _write_history(folder, rows):
-    folder.mkdir()
-    pq.write_table(pa.table({"user_id": pa.array([u for u, _ in rows], pa.int64()),
-                             "user_idx": pa.array([u for u, _ in rows], pa.int32()),
-                             "history": pa.array([h for _, h in rows], pa.list_(pa.int32()))}),
-                   folder / "part-0.parquet")
-    return str(folder)
+    """The history table of [(user index, [item indices])] in ``folder``."""
+    return write_table(folder, pa.table({"user_id": pa.array([u for u, _ in rows], pa.int64()),
+                                         "user_idx": pa.array([u for u, _ in rows], pa.int32()),
+                                         "history": pa.array([h for _, h in rows], pa.list_(pa.int32()))}))
 
 
-def test_read_user_history_pads_and_keeps_the_most_recent(tmp_path):
-    path = _write_history(tmp_path / "h", [(3, [7, 2, 5]), (2, [4])])
+def test_read_user_history_pads_and_keeps_the_most_recent(root):
+    path = _write_history(root / "h", [(3, [7, 2, 5]), (2, [4])])
     got = read_user_history(path, 5, 2)
     np.testing.assert_array_equal(got, [[-1, -1], [-1, -1], [4, -1], [7, 2], [-1, -1]])
     with pytest.raises(ValueError, match="user_idx outside 0..2"):
         read_user_history(path, 3, 2)
 
 
-def test_two_tower_with_history_trains_saves_and_reloads(tmp_path):
-    path, table = _examples(tmp_path, n=256)
+def test_two_tower_with_history_trains_saves_and_reloads(root):
+    path, table = write_examples(root, n=256)
     users = table.column("user_idx").to_numpy()
     items = table.column("item_idx").to_numpy()
     rows = [(int(u), sorted({int(i) for i in items[users == u]})) for u in np.unique(users)]
-    history = _write_history(tmp_path / "history", rows)
+    history = _write_history(root / "history", rows)
     params = {"embedding_dim": 4, "tower_layers": [8], "history_max_len": 3}
     settings = TrainSettings(epochs=3, batch_size=64, seed=1, mask_history=True)
-    with pytest.raises(ValueError, match="needs user_history_path"):
-        train_model("two_tower", TRAIN_SPEC, path, str(tmp_path / "none"), settings=settings, model_params=params,
+    with pytest.raises(ValueError, match="needs user_history "):
+        train_model("two_tower", TRAIN_SPEC, path, root / "none", settings=settings, model_params=params,
                     log=lambda _: None)
-    result = train_model("two_tower", TRAIN_SPEC, path, str(tmp_path / "m"), settings=settings, model_params=params,
-                         item_features_path=_catalogue(tmp_path), user_history_path=history, log=lambda _: None)
+    result = train_model("two_tower", TRAIN_SPEC, path, root / "m", settings=settings, model_params=params,
+                         item_features=write_catalogue(root), user_history=history, log=lambda _: None)
     assert len(result.history) == 3 and np.isfinite(result.history[-1]["loss"])
-    assert json.loads(open(tmp_path / "m" / "train.json").read())["model_params"]["history_max_len"] == 3
-    model = load_model(result.model_path)
+    assert json.loads((root / "m" / TRAIN_FILE).read_text())["model_params"]["history_max_len"] == 3
+    model = load_model(result.model_file)
     expected = np.full((12, 3), -1, np.int32)
     for u, h in rows:
         expected[u, : min(3, len(h))] = h[:3]
     np.testing.assert_array_equal(np.asarray(model.user_history), expected)
-    batch = _feed([2, 3, 1], [2, 6, 1])
-    np.testing.assert_allclose(np.asarray(load_model(result.model_path)(batch)), np.asarray(model(batch)), rtol=1e-6)
+    # The reloaded user vectors read those lists: psi(u) = tower(features of u, mean of its lists' item embeddings),
+    # the mean taken here with NumPy from the item tower's id table (history_embedding "shared").
+    table_e = model.item_tower.embed.tables["item_idx"].embeddings.numpy()
+    users_to_check = np.array([2, 3, 1])                 # user index 1 (unseen): no history, the zero vector
+    means = np.array([table_e[expected[u][expected[u] >= 0]].mean(axis=0) if (expected[u] >= 0).any()
+                      else np.zeros(4) for u in users_to_check], np.float32)
+    feed = train_feed(users_to_check, [2, 6, 1])
+    np.testing.assert_allclose(np.asarray(model.user_embedding(feed)),
+                               np.asarray(model.user_tower(feed, extra=means)), rtol=1e-5, atol=1e-6)
 
 
-def test_full_softmax_with_mask_history_trains(tmp_path):
-    path, table = _examples(tmp_path, n=256)
+def test_full_softmax_with_mask_history_trains(root):
+    path, table = write_examples(root, n=256)
     users = table.column("user_idx").to_numpy()
     items = table.column("item_idx").to_numpy()
     rows = [(int(u), sorted({int(i) for i in items[users == u]})) for u in np.unique(users)]
-    result = train_model("two_tower", TRAIN_SPEC, path, str(tmp_path / "m"),
+    result = train_model("two_tower", TRAIN_SPEC, path, root / "m",
                          settings=TrainSettings(loss="full_softmax", epochs=2, batch_size=64, seed=1,
                                                 mask_history=True),
                          model_params={"embedding_dim": 4, "tower_layers": [8], "history_max_len": 3},
-                         item_features_path=_catalogue(tmp_path),
-                         user_history_path=_write_history(tmp_path / "history", rows), log=lambda _: None)
+                         item_features=write_catalogue(root),
+                         user_history=_write_history(root / "history", rows), log=lambda _: None)
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
-    assert json.loads(open(tmp_path / "m" / "train.json").read())["settings"]["mask_history"] is True
+    assert json.loads((root / "m" / TRAIN_FILE).read_text())["settings"]["mask_history"] is True

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from jobs import synthetic
+from tests.fixtures.tiny_night import run_nightly
 
 DS = "2024-03-31"
 SPEC = synthetic.SyntheticSpec(n_users=120, n_items=80, ratings_per_user=12, days=30, end_date=dt.date(2024, 4, 3), seed=4)
@@ -59,15 +60,13 @@ def _config(folder, warehouse, **ingest):
 
 
 def test_own_files_run_end_to_end_with_quarantine_counts_and_no_refit(spark, prefect_server, files, tmp_path):
-    from flows.nightly import nightly
-
     folder, in_run = files
-    summary = nightly(ds=DS, config=_config(folder, tmp_path / "wh"))
+    summary = run_nightly(_config(folder, tmp_path / "wh"), DS)
     expected = {}
     for reason in [*BAD_LINES.values(), "duplicate_event"]:
         expected[reason] = expected.get(reason, 0) + 1
-    assert summary["counts"]["quarantined"] == expected
-    assert summary["counts"]["events"] == in_run
+    assert summary.ingested.quarantined == expected
+    assert summary.ingested.events == in_run
     wh = tmp_path / "wh"
     recs = wh / "recommendations" / f"ds={DS}" / "model=two_tower"
     manifest = json.loads((recs / "_manifest.json").read_text())
@@ -86,10 +85,8 @@ def test_own_files_run_end_to_end_with_quarantine_counts_and_no_refit(spark, pre
 
 
 def test_run_fails_when_too_much_is_quarantined(spark, prefect_server, files, tmp_path):
-    from flows.nightly import nightly
-
     folder, in_run = files
     with pytest.raises(Exception, match=r"above ingest.max_quarantine_share = 0.1%") as err:
-        nightly(ds=DS, config=_config(folder, tmp_path / "wh", max_quarantine_share=0.001))
+        run_nightly(_config(folder, tmp_path / "wh", max_quarantine_share=0.001), DS)
     assert "rating_out_of_range 2" in str(err.value)
     assert not (tmp_path / "wh" / "recommendations").exists()

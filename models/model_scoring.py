@@ -1,4 +1,4 @@
-"""Exhaustive scoring of any model, block by block, and the top-K of every user.
+"""Exhaustive scoring of any Keras model, block by block, and the top-K of every user.
 
 This is the simple, exact path for every model (the non-factorised ones
 included): item parts are computed once for the whole catalogue, then each
@@ -6,7 +6,8 @@ block of users is scored against every block of items with
 ``model.pair_scores(..., cross=True)``, seen items are set to -inf before
 selection, and ``tf.math.top_k`` picks the K best (equal scores: the lower
 catalogue position, i.e. the lower item id, first). Factorised models can
-instead be scored from embedding tables by ``jobs.scoring``.
+instead be scored from embedding tables by ``jobs.scoring`` (whose NumPy
+selection kernel is ``jobs.topk``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
+from jobs.arrays import float_matrix, list_offsets
+from jobs.storage import Location
 from models.catalogue import read_side_table
 from models.data import arrow_columns, side_columns
 from models.registry import load_model
@@ -46,8 +49,8 @@ def _compiled(model) -> dict:
     return _COMPILED[model]
 
 
-class BlockScorer:
-    """Scores blocks of users against the whole catalogue.
+class ModelBlockScorer:
+    """Scores blocks of users against the whole catalogue with a Keras model's parts.
 
     Args:
         model: a ``models.base.RecommenderModel``.
@@ -102,7 +105,7 @@ def top_k_blocks(
     *,
     user_block: int = 512,
     item_block: int = 4096,
-    scorer: BlockScorer | None = None,
+    scorer: ModelBlockScorer | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Top-``k`` unseen catalogue positions of every user row, one block of users at a time.
 
@@ -112,14 +115,14 @@ def top_k_blocks(
         item_columns: the catalogue's model inputs, in catalogue order.
         seen: per user row, catalogue positions to exclude.
         k: items per user.
-        scorer: a ``BlockScorer`` of ``model`` already holding the catalogue's
+        scorer: a ``ModelBlockScorer`` of ``model`` already holding the catalogue's
             item parts (``item_columns`` is then not read).
 
     Yields:
         (first user row of the block, positions [b, k'] int64, scores [b, k'] float32),
         k' = min(k, n_items); a position is -1 where fewer than k' items were unseen.
     """
-    scorer = scorer or BlockScorer(model, item_columns, item_block=item_block)
+    scorer = scorer or ModelBlockScorer(model, item_columns, item_block=item_block)
     n_users = len(seen)
     kk = min(int(k), scorer.n_items)
     for start in range(0, n_users, user_block):
@@ -172,7 +175,7 @@ def two_stage_blocks(
     *,
     user_block: int = 512,
     item_block: int = 4096,
-    scorer: BlockScorer | None = None,
+    scorer: ModelBlockScorer | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Two-stage top-``k``: a factorised retriever's ``candidates`` best unseen items, ordered by ``model``.
 
@@ -189,7 +192,7 @@ def two_stage_blocks(
     Yields:
         As ``top_k_blocks``: (first user row, positions [b, k'], scores [b, k']), -1 where none is left.
     """
-    scorer = scorer or BlockScorer(model, item_columns, item_block=item_block)
+    scorer = scorer or ModelBlockScorer(model, item_columns, item_block=item_block)
     n_items = scorer.n_items
     if item_vectors.shape[0] != n_items or user_vectors.shape[0] != len(seen):
         raise ValueError(f"two-stage scoring: {item_vectors.shape[0]} item vectors for {n_items} catalogue items, "
@@ -252,9 +255,8 @@ def _recommendation_table(users, catalogue, blocks) -> pa.Table:
 
 def _seen_lists(column: pa.Array) -> list[np.ndarray]:
     """A nullable list<int> column of catalogue positions -> one int64 array per row (null = none)."""
-    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    offsets, values = list_offsets(column)
+    return np.split(values.astype(np.int64), offsets[1:-1]) if len(column) else []
 
 
 class ArrowBatchScorer:
@@ -266,7 +268,7 @@ class ArrowBatchScorer:
     masked before the selection.
 
     Args:
-        scorer: a ``BlockScorer`` of the model over the whole catalogue (catalogue order = ascending item id).
+        scorer: a ``ModelBlockScorer`` of the model over the whole catalogue (catalogue order = ascending item id).
         k: recommendations per user.
         block_rows: users per ``top_k_batch`` call (bounds the [users, items, hidden] work memory
             with ``scorer.item_block``).
@@ -275,7 +277,7 @@ class ArrowBatchScorer:
         candidates: two-stage: the retriever's candidates per user.
     """
 
-    def __init__(self, scorer: BlockScorer, k: int, *, block_rows: int = 512,
+    def __init__(self, scorer: ModelBlockScorer, k: int, *, block_rows: int = 512,
                  item_vectors: np.ndarray | None = None, candidates: int | None = None):
         self.scorer, self.k, self.block_rows = scorer, int(k), int(block_rows)
         self.item_vectors, self.candidates = item_vectors, candidates
@@ -298,12 +300,11 @@ class ArrowBatchScorer:
             blocks = top_k_blocks(self.scorer.model, users, {}, seen, self.k, user_block=self.block_rows,
                                   scorer=self.scorer)
         else:
-            dim = self.item_vectors.shape[1]
             if batch.column("embedding").null_count:
                 user = batch.column("user_id").filter(batch.column("embedding").is_null())[0].as_py()
                 raise ValueError(f"two-stage scoring: user {user!r} has no row in the retriever's user embeddings")
-            vectors = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-            user_vectors = np.asarray(vectors, np.float32).reshape(batch.num_rows, dim)
+            user_vectors = float_matrix(batch.column("embedding"), self.item_vectors.shape[1],
+                                        batch.column("user_id"), "two-stage scoring: the retriever's user embeddings")
             blocks = two_stage_blocks(self.scorer.model, users, {}, seen, self.k, user_vectors, self.item_vectors,
                                       self.candidates, user_block=self.block_rows, scorer=self.scorer)
         found = []
@@ -316,16 +317,19 @@ class ArrowBatchScorer:
         return rows.astype(np.int64), positions.astype(np.int64), values.astype(np.float32)
 
 
-def catalogue_scorer(model_path: str, item_features_path: str, *, item_block: int = 4096) -> BlockScorer:
+def catalogue_scorer(model_file: Location, item_features: Location, *, item_block: int = 4096) -> ModelBlockScorer:
     """Load a saved model and compute its item parts over a catalogue (once per Spark worker).
 
+    Meant to be built once per Python worker (``jobs.scoring.worker_cached``, keyed by
+    ``models.registry.version_key(model_file, item_features)``).
+
     Args:
-        model_path: the ``.keras`` file.
-        item_features_path: the item feature table (Parquet) the catalogue is read from, sorted by item id.
+        model_file: the saved ``.keras`` file.
+        item_features: the item feature table (Parquet) the catalogue is read from, in any row order.
 
     Returns:
-        ``BlockScorer`` whose catalogue position p is the p-th smallest item id of the table.
+        ``ModelBlockScorer`` whose catalogue position p is the p-th smallest item id of the table.
     """
-    model = load_model(model_path)
-    catalogue = read_side_table(item_features_path, model.spec["item"], "item_id")
-    return BlockScorer(model, catalogue.columns, item_block=item_block)
+    model = load_model(model_file)
+    catalogue = read_side_table(item_features, model.spec["item"], "item_id")
+    return ModelBlockScorer(model, catalogue.columns, item_block=item_block)

@@ -5,10 +5,9 @@ import pyarrow as pa
 import pytest
 
 from models.catalogue import SideTable
+from models.model_scoring import recommend, recommend_two_stage
 from models.registry import build_model
-from models.topk import recommend, recommend_two_stage
-
-from tests.models.test_models import SPEC
+from tests.fixtures.models import SPEC, write_table
 
 N_USERS, N_ITEMS = 6, 7
 
@@ -105,37 +104,35 @@ def test_two_stage_refuses_vectors_that_do_not_match_the_catalogue(deepfm):
                             np.zeros((6, 2), np.float32), candidates=3)
 
 
-def _write_side_tables(tmp_path, users, catalogue):
-    """The fixture's sides as feature tables: users (two files) and the catalogue (shuffled rows)."""
-    import pyarrow.parquet as pq
-
+def _write_side_tables(root, users, catalogue):
+    """The fixture's sides as tables: the catalogue's item features (shuffled rows) and the users' rows."""
     def lists(matrix):
         return pa.array([[int(v) for v in row if v >= 0] for row in matrix], pa.list_(pa.int32()))
 
     items = pa.table({"item_id": catalogue.ids, "item_idx": catalogue.columns["item_idx"],
                       "item_genres": lists(catalogue.columns["item_genres"]),
                       "item_year": catalogue.columns["item_year"]})
-    item_path = tmp_path / "item_features"
-    item_path.mkdir()
-    pq.write_table(items.take(pa.array([3, 0, 6, 2, 5, 1, 4])), item_path / "part-0.parquet")
-    return str(item_path), pa.table({"user_id": users.ids, **users.columns})
+    item_features = write_table(root / "item_features", items.take(pa.array([3, 0, 6, 2, 5, 1, 4])))
+    return item_features, pa.table({"user_id": users.ids, **users.columns})
 
 
-def _spark_top_k(spark, model_path, item_path, user_table, seen, k, *, item_vectors=None, user_vectors=None,
+def _spark_top_k(spark, model_file, item_features, user_table, seen, k, *, item_vectors=None, user_vectors=None,
                  candidates=None, block_rows=2):
     import functools
 
     from jobs import scoring
-    from models.topk import ArrowBatchScorer, catalogue_scorer
+    from models.model_scoring import ArrowBatchScorer, catalogue_scorer
+    from models.registry import version_key
 
     rows = user_table.append_column("seen_pos", pa.array([s.tolist() for s in seen], pa.list_(pa.int32())))
     rows = rows.append_column("source", pa.array(["model"] * len(seen)))
     if user_vectors is not None:
         rows = rows.append_column("embedding", pa.array(user_vectors.tolist(), pa.list_(pa.float32())))
-    build = functools.partial(catalogue_scorer, model_path, item_path, item_block=3)
+    build = functools.partial(catalogue_scorer, model_file, item_features, item_block=3)
+    key = version_key(model_file, item_features)
 
     def build_scorer(payload, lo):
-        return ArrowBatchScorer(scoring.worker_cached(f"test:{model_path}", build), k, block_rows=block_rows,
+        return ArrowBatchScorer(scoring.worker_cached(key, build), k, block_rows=block_rows,
                                 item_vectors=payload, candidates=candidates)
 
     frame = spark.createDataFrame(rows.to_pandas()).repartition(3)
@@ -144,12 +141,12 @@ def _spark_top_k(spark, model_path, item_path, user_table, seen, k, *, item_vect
     return out.sort_by([("user_id", "ascending"), ("rank", "ascending")])
 
 
-def test_spark_scoring_of_a_saved_model_equals_argsort_of_the_plain_model(spark, deepfm, tmp_path):
+def test_spark_scoring_of_a_saved_model_equals_argsort_of_the_plain_model(spark, deepfm, root):
     model, users, catalogue, plain, seen = deepfm
-    model_path = str(tmp_path / "model.keras")
-    model.save(model_path)
-    item_path, user_table = _write_side_tables(tmp_path, users, catalogue)
-    table = _spark_top_k(spark, model_path, item_path, user_table, seen, k=3)
+    model_file = root / "model.keras"
+    model.save(model_file.local_path)
+    item_features, user_table = _write_side_tables(root, users, catalogue)
+    table = _spark_top_k(spark, model_file, item_features, user_table, seen, k=3)
     assert _by_user(table, users, catalogue) == _reference(plain, seen, 3)
     assert set(table["source"].to_pylist()) == {"model"}
     first = table.filter(pa.compute.equal(table["rank"], 1))
@@ -157,25 +154,48 @@ def test_spark_scoring_of_a_saved_model_equals_argsort_of_the_plain_model(spark,
     np.testing.assert_allclose(first["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_spark_two_stage_scoring_ranks_the_retrievers_candidates(spark, deepfm, tmp_path):
+def test_spark_two_stage_scoring_ranks_the_retrievers_candidates(spark, deepfm, root):
     model, users, catalogue, plain, seen = deepfm
-    model_path = str(tmp_path / "model.keras")
-    model.save(model_path)
-    item_path, user_table = _write_side_tables(tmp_path, users, catalogue)
+    model_file = root / "model.keras"
+    model.save(model_file.local_path)
+    item_features, user_table = _write_side_tables(root, users, catalogue)
     rng = np.random.default_rng(8)
     user_vectors = rng.standard_normal((N_USERS, 3)).astype(np.float32)
     item_vectors = rng.standard_normal((N_ITEMS, 3)).astype(np.float32)
     retrieval = user_vectors.astype(np.float64) @ item_vectors.T.astype(np.float64)
     candidates = [set(c) for c in _reference(retrieval, seen, 4)]
-    table = _spark_top_k(spark, model_path, item_path, user_table, seen, 2, item_vectors=item_vectors,
+    table = _spark_top_k(spark, model_file, item_features, user_table, seen, 2, item_vectors=item_vectors,
                          user_vectors=user_vectors, candidates=4)
     assert _by_user(table, users, catalogue) == _reference(plain, seen, 2, allowed=candidates)
 
 
-def test_spark_scoring_names_missing_user_inputs(spark, deepfm, tmp_path):
+def test_spark_scoring_names_missing_user_inputs(spark, deepfm, root):
     model, users, catalogue, _, seen = deepfm
-    model_path = str(tmp_path / "model.keras")
-    model.save(model_path)
-    item_path, user_table = _write_side_tables(tmp_path, users, catalogue)
+    model_file = root / "model.keras"
+    model.save(model_file.local_path)
+    item_features, user_table = _write_side_tables(root, users, catalogue)
     with pytest.raises(Exception, match=r"user inputs \['user_age'\] are missing"):
-        _spark_top_k(spark, model_path, item_path, user_table.drop(["user_age"]), seen, k=3)
+        _spark_top_k(spark, model_file, item_features, user_table.drop(["user_age"]), seen, k=3)
+
+
+def test_arrow_batch_scorer_of_a_model_and_catalogue_on_mock_equals_argsort(deepfm, mock_root):
+    from models.model_scoring import ArrowBatchScorer, catalogue_scorer
+
+    model, users, catalogue, plain, seen = deepfm
+    with (mock_root / "model").writing_folder() as local:
+        model.save(f"{local}/model.keras")
+    item_features, user_table = _write_side_tables(mock_root, users, catalogue)
+    scorer = catalogue_scorer(mock_root / "model" / "model.keras", item_features, item_block=3)
+    # seen_pos as Spark hands it: list<int>, null for a user with no events (row 1 has none).
+    seen_pos = pa.array([s.tolist() if len(s) else None for s in seen], pa.list_(pa.int32()))
+    batch = pa.RecordBatch.from_pydict({**user_table.to_pydict(), "seen_pos": seen_pos})
+    rows, positions, scores = ArrowBatchScorer(scorer, 3, block_rows=4).top_k_batch(batch)
+    got = [positions[rows == r].tolist() for r in range(N_USERS)]
+    assert got == _reference(plain, seen, 3)
+    np.testing.assert_allclose(scores, plain[rows, positions], rtol=1e-5, atol=1e-6)
+    # Two-stage: each user's retriever vector must have the item vectors' width.
+    two_stage = ArrowBatchScorer(scorer, 2, item_vectors=np.zeros((N_ITEMS, 3), np.float32), candidates=4)
+    short = pa.array([[0.0, 1.0]] * N_USERS, pa.list_(pa.float32()))
+    with pytest.raises(ValueError, match=r"the retriever's user embeddings: id 100 has a length 2 vector, "
+                                         r"expected length 3"):
+        two_stage.top_k_batch(batch.append_column("embedding", short))

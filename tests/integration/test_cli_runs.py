@@ -1,0 +1,51 @@
+"""The command line as a user runs it (a subprocess): quiet start-up, and a failure said once."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from tests.fixtures.tiny_night import DS, TINY
+
+#: Start-up lines of TensorFlow, absl, CUDA and oneDNN (driver and Spark workers) that a run must not print.
+NOISE = re.compile(r"absl::InitializeLog|cuInit|cudart_stub|cuda drivers|oneDNN|cpu_feature_guard|"
+                   r"rebuild TensorFlow|TF_ENABLE_ONEDNN_OPTS")
+
+
+def _nightrec(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)  # the command's own temporary server, not the test session's
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=900)
+
+
+def test_a_run_prints_no_tensorflow_start_up_lines(tmp_path):
+    model = {**TINY["models"][0], "epochs": 1}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**TINY, "models": [model], "warehouse": "wh"}))
+    proc = _nightrec(tmp_path, "nightly", "--ds", DS, "--config", "c.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"nightrec nightly ds={DS} finished" in proc.stdout
+    noisy = [line for line in proc.stderr.splitlines() if NOISE.search(line)]
+    assert noisy == []
+    assert "evaluate[two_tower]" in proc.stderr  # nightrec's own progress is still shown
+
+
+def test_a_failed_run_says_its_error_once_and_the_traceback_only_with_debug(tmp_path):
+    (tmp_path / "events.csv").write_text("user,item,when\nu1,i1,1711000000\n")
+    config = {**TINY, "warehouse": "wh", "source": {"kind": "files", "files": {"interactions": {
+        "path": str(tmp_path / "events.csv"), "format": "csv",
+        "columns": {"user_id": "user", "item_id": "item", "rating": None, "ts": "ts"}}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = _nightrec(tmp_path, "nightly", "--ds", DS, "--config", "c.yaml")
+    assert proc.returncode == 1
+    # The missing column is named once, with the config key that maps it, and no traceback is printed.
+    assert proc.stderr.count("'ts'") == 1, proc.stderr
+    assert "source.files.interactions.columns.ts" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"nightrec: the run for ds={DS} failed (run with --debug for the traceback)" in proc.stderr
+    debug = _nightrec(tmp_path, "nightly", "--ds", DS, "--config", "c.yaml", "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
