@@ -21,9 +21,11 @@ source folder may be a local path or any URI Spark and pyarrow both read. An
 optional table that exists but holds no rows (a header-only tags.csv, an
 empty users file) is read as absent.
 
-Modules: ``canonical`` (SourceTables, the readers and parsers), ``movielens``
-(100K, 1M, latest), ``files`` (any Parquet/CSV tables with a column mapping),
-``generated`` (the built-in synthetic data).
+``load_source(spark, SourceSpec(kind=..., ...))`` loads whichever the config
+names. Modules: ``spec`` (SourceSpec, load_source), ``canonical``
+(SourceTables, the readers and parsers), ``movielens`` (100K, 1M, latest),
+``files`` (any Parquet/CSV tables with a column mapping), ``generated`` (the
+built-in synthetic data).
 """
 
 from jobs.sources.canonical import SourceTables
@@ -38,6 +40,7 @@ from jobs.sources.movielens import (
     load_movielens_100k,
     load_movielens_latest,
 )
+from jobs.sources.spec import SourceKind, SourceSpec, load_source
 from jobs.validate import SourceError
 
 __all__ = [
@@ -50,10 +53,13 @@ __all__ = [
     "InteractionsFile",
     "SideFile",
     "SourceError",
+    "SourceKind",
+    "SourceSpec",
     "SourceTables",
     "load_files",
     "load_movielens_100k",
     "load_movielens_1m",
     "load_movielens_latest",
+    "load_source",
     "load_synthetic",
 ]

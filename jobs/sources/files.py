@@ -3,7 +3,9 @@
 The dataclasses mirror the config's ``source.files`` section key for key
 (``flows.config`` takes its defaults from them), so the config builds them
 from its own dump: ``FilesSource(**cfg.source.files.model_dump())`` (nested
-mappings become the nested dataclasses).
+mappings become the nested dataclasses) or pydantic's
+``TypeAdapter(FilesSource).validate_python(dump)``. Paths stay as given (plain
+strings, like the config's) and become a ``Location`` where the files are read.
 """
 
 from __future__ import annotations
@@ -43,20 +45,23 @@ class FileTable:
     """One table of files (``source.files.<table>``).
 
     Attributes:
-        path: a file or a folder of files: a path or any URI Spark and pyarrow
-            both read (a Location once constructed).
+        path: a file or a folder of files: a local path (relative to the
+            working directory) or any URI Spark and pyarrow both read.
         format: parquet | csv (CSV files have a header line).
         sep, encoding: CSV separator and text encoding.
     """
 
-    path: Location | str
+    path: str
     format: Literal["parquet", "csv"] = "parquet"
     sep: str = ","
     encoding: str = "utf-8"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Location(self.path))
         _one_of("format", self.format, FORMATS)
+
+    @property
+    def location(self) -> Location:
+        return Location(self.path)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,15 +143,15 @@ def _check_table(problems: Problems, table: FileTable, key: str, columns: Sequen
                  optional: bool = False) -> Sample | None:
     hint = f"Check {key}.path and {key}.format."
     if table.format == "csv":
-        return check_csv(problems, table.path, columns=columns, sep=table.sep, encoding=table.encoding, hint=hint,
+        return check_csv(problems, table.location, columns=columns, sep=table.sep, encoding=table.encoding, hint=hint,
                          optional=optional)
-    return check_parquet(problems, table.path, columns=columns, hint=hint, optional=optional)
+    return check_parquet(problems, table.location, columns=columns, hint=hint, optional=optional)
 
 
 def _read_table(spark: SparkSession, table: FileTable, checked: Sample) -> DataFrame:
     if table.format == "csv":
         return read_csv_strings(spark, checked, table.sep, table.encoding)
-    return read_parquet_rows(spark, table.path)
+    return read_parquet_rows(spark, table.location)
 
 
 def _typed_id(parsed: Parsed, df: DataFrame, column: str, checked: Sample) -> SparkColumn:
@@ -199,7 +204,7 @@ def load_files(spark: SparkSession, spec: FilesSource) -> SourceTables:
         side_columns = [Column(table.id_column, "id", f"{key}.id_column")]
         side_columns += [Column(d.column, _DECL_KIND[d.kind], f"{key}.features") for d in table.features]
         checked_sides[side] = _check_table(problems, table, key, side_columns, optional=True)
-    problems.raise_if_any(f"files ({inter.path.display()})")
+    problems.raise_if_any(f"files ({inter.location.display()})")
 
     df = _read_table(spark, inter, checked_inter)
     parsed = Parsed()

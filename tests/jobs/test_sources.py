@@ -184,7 +184,7 @@ def test_an_empty_side_table_with_a_wrong_header_is_still_refused(tmp_path):
 
 # -- the files source mirrors the config ---------------------------------------------------------------------
 def test_files_source_builds_from_a_config_dump(tmp_path):
-    """``FilesSource(**dump)`` of the config's nested keys gives the typed source; paths become Locations."""
+    """``FilesSource(**dump)`` of the config's nested keys gives the typed source (paths read as Locations)."""
     dump = {
         "interactions": {"path": "events.csv", "format": "csv", "sep": ";", "encoding": "utf-8",
                          "columns": {"user_id": "who", "item_id": "what", "rating": None, "ts": "when"},
@@ -197,11 +197,11 @@ def test_files_source_builds_from_a_config_dump(tmp_path):
     built = sources.FilesSource(**dump)
     assert built == sources.FilesSource(
         interactions=sources.InteractionsFile(
-            path=Location("events.csv"), format="csv", sep=";", ts_format="iso8601",
+            path="events.csv", format="csv", sep=";", ts_format="iso8601",
             columns=sources.InteractionColumns(user_id="who", item_id="what", rating=None, ts="when")),
-        items=sources.SideFile(path=Location(str(tmp_path / "items")), id_column="sku",
+        items=sources.SideFile(path=str(tmp_path / "items"), id_column="sku",
                                features=(FeatureDecl("genres", "multi_categorical", separator="/"),)),
     )
-    assert built.interactions.path.uri == "file://" + os.path.abspath("events.csv")
+    assert built.interactions.location == Location("file://" + os.path.abspath("events.csv"))
     with pytest.raises(ValueError, match="format: got 'json', expected one of parquet, csv"):
         sources.FilesSource(interactions={"path": "e", "format": "json"})

@@ -151,3 +151,15 @@ def test_parquet_folder_on_another_file_system(tmp_path):
     message = _message(sources.load_files, spec)
     assert (f"{folder.uri}: column 'ts' (source.files.interactions.columns.ts): expected a column named 'ts', "
             "found columns user_id, item_id, when.") in message
+
+
+# -- load_source picks the loader of the spec's kind -------------------------------------------------------
+def test_load_source_dispatches_on_the_kind(tmp_path):
+    spec = sources.SourceSpec(kind="movielens_1m", path=str(tmp_path / "ml-1m"))
+    message = _message(sources.load_source, spec)
+    assert "expected the MovieLens 1M folder (ratings.dat, users.dat, movies.dat)" in message
+    files = sources.SourceSpec(kind="files", files=sources.FilesSource(
+        interactions=sources.InteractionsFile(path=str(tmp_path / "events.parquet"))))
+    assert _message(sources.load_source, files).startswith(f"source files ({tmp_path / 'events.parquet'}) cannot")
+    with pytest.raises(ValueError, match="source kind movielens_latest needs the path of the dataset's folder"):
+        sources.SourceSpec(kind="movielens_latest")
