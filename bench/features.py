@@ -24,7 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.proc_cpu import tree_cpu_by_process  # noqa: E402
-from jobs import features, sources, synthetic  # noqa: E402
+from jobs import features, schema, sources, synthetic  # noqa: E402
+from jobs.features.examples import example_passes  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def _timed(timings: dict, name: str, fn):
 
 
 class Steps:
-    """Wall and CPU seconds between calls (the ``on_step`` of ``fit_transform``)."""
+    """Wall and CPU seconds between calls (the ``on_step`` of ``FeatureFitter.fit_transform``)."""
 
     def __init__(self):
         self.wall: dict[str, float] = {}
@@ -54,10 +55,8 @@ def _feature_stage(spark, folder: str, out: str, as_of: dt.datetime, steps: Step
     train = spark.read.parquet(os.path.join(folder, "ratings"))
     users = spark.read.parquet(os.path.join(folder, "users"))
     items = spark.read.parquet(os.path.join(folder, "items"))
-    fitted = features.fit_transform(
-        train, users, items, user_decls=features.MOVIELENS_USER_FEATURES,
-        item_decls=features.MOVIELENS_ITEM_FEATURES, as_of=as_of, on_step=steps,
-    )
+    fitter = features.FeatureFitter(schema.MOVIELENS_USER_FEATURES, schema.MOVIELENS_ITEM_FEATURES)
+    fitted = fitter.fit_transform(train, users, items, as_of=as_of, on_step=steps)
     features.write_feature_table(fitted.user_features, os.path.join(out, "user_features"))
     steps("write user_features")
     features.write_feature_table(fitted.item_features, os.path.join(out, "item_features"))
@@ -75,7 +74,7 @@ def _examples_breakdown(spark, folder: str, fitted) -> dict:
     train = spark.read.parquet(os.path.join(folder, "ratings"))
     users = spark.read.parquet(os.path.join(folder, "users"))
     items = spark.read.parquet(os.path.join(folder, "items"))
-    shuffled, _, _ = features._example_passes(train, users, items, state, 500_000, fitted)
+    shuffled, _, _ = example_passes(train, users, items, state, features.FeatureSettings.rows_per_partition, fitted)
     timings = {}
     _timed(timings, "item pass only (noop sink)", lambda: shuffled.write.format("noop").mode("overwrite").save())
     examples = features.training_examples(train, users, items, state, tables=fitted)

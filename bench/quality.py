@@ -56,7 +56,7 @@ import pyarrow as pa  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession, Window  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from jobs import evaluate, features, history, ingest, sources, split, synthetic  # noqa: E402
+from jobs import evaluate, features, history, ingest, schema, sources, split, synthetic  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 from jobs.storage import Location  # noqa: E402
 
@@ -64,7 +64,7 @@ K = 10
 #: Longest user history written by ``prepare`` (a model with a shorter history_max_len keeps the most recent);
 #: ml-latest-small's heaviest user has 2,024 training items.
 HISTORY_TABLE_LEN = 2500
-ML_ITEM_FEATURES = features.MOVIELENS_ITEM_FEATURES   # year, genres (ml-latest has no user demographics)
+ML_ITEM_FEATURES = schema.MOVIELENS_ITEM_FEATURES   # year, genres (ml-latest has no user demographics)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -112,10 +112,10 @@ def prepare(spark, work: str, name: str, train: DataFrame, users, items, user_de
     ``heldout_items``. With ``warm_items_only`` the item table keeps only
     items of the training window (the catalogue ranked in the warm test).
     """
-    fitted = features.fit_transform(train, users, items, user_decls=user_decls, item_decls=item_decls)
+    fitted = features.FeatureFitter(user_decls, item_decls).fit_transform(train, users, items)
     state, user_f, item_f = fitted.state, fitted.user_features, fitted.item_features
     if warm_items_only:
-        item_f = item_f.filter(F.col("item_idx") >= features.FIRST_INDEX)
+        item_f = item_f.filter(F.col("item_idx") >= schema.FIRST_INDEX)
     out = {n: os.path.join(work, name, n) for n in ("user_features", "item_features", "examples", "heldout",
                                                     "history")}
     user_f.write.mode("overwrite").parquet(out["user_features"])
@@ -468,7 +468,7 @@ def cold_users(spark, args, work: str, log) -> list[dict]:
     n_held = held.select("user_id").distinct().count()
     log(f"synthetic: {ratings.count():,} ratings of {spec.n_users:,} users; {n_held} users held out entirely"
         f" (validation: {val.select('user_id').distinct().count()} more, from train)")
-    decls = (features.MOVIELENS_USER_FEATURES, features.MOVIELENS_ITEM_FEATURES)
+    decls = (schema.MOVIELENS_USER_FEATURES, schema.MOVIELENS_ITEM_FEATURES)
     pv = prepare(spark, work, "cold_users_val", train, users, items, *decls, heldout=val)
     pf = prepare(spark, work, "cold_users", kept, users, items, *decls, heldout=held)
     cold = side_table(pf.heldout_examples, pf.spec["user"], "user_id")

@@ -11,22 +11,10 @@ model, by masking the example's own item out of the list before pooling.
 
 from __future__ import annotations
 
-import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from jobs.features import FIRST_INDEX, FeatureState
-
-
-def _index_frame(spark: SparkSession, vocab: list, field: T.StructField, index_col: str) -> DataFrame:
-    """DataFrame[field.name (field's type), index_col: int] of a sorted vocabulary (index = 2 + position)."""
-    arrow_type = pa.int64() if isinstance(field.dataType, T.IntegralType) else pa.string()
-    table = pa.table({
-        field.name: pa.array(list(vocab), type=arrow_type),
-        index_col: pa.array(range(FIRST_INDEX, FIRST_INDEX + len(vocab)), type=pa.int32()),
-    })
-    return spark.createDataFrame(table).select(F.col(field.name).cast(field.dataType), F.col(index_col))
+from jobs.features import FeatureState, id_frame
 
 
 def user_history(events: DataFrame, state: FeatureState, *, max_len: int) -> DataFrame:
@@ -47,8 +35,8 @@ def user_history(events: DataFrame, state: FeatureState, *, max_len: int) -> Dat
     if int(max_len) < 1:
         raise ValueError(f"user_history: max_len must be at least 1, got {max_len!r}")
     spark = events.sparkSession
-    users = _index_frame(spark, state.user_vocab, events.schema["user_id"], "user_idx")
-    items = _index_frame(spark, state.item_vocab, events.schema["item_id"], "item_idx")
+    users = id_frame(spark, state.user_vocab, events.schema["user_id"], index="user_idx")
+    items = id_frame(spark, state.item_vocab, events.schema["item_id"], index="item_idx")
     latest = (
         events.join(F.broadcast(items), on="item_id", how="inner")
         .groupBy("user_id", "item_idx")

@@ -29,26 +29,29 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-QUARANTINE_COLUMNS = ("table", "reason", "raw")
-#: Columns a file source adds to its tables (see jobs.sources).
-RAW_COL = "_raw"
-PROBLEM_COL = "_problem"
+from jobs.schema import (
+    EVENT_COLUMNS,
+    PROBLEM_COL,
+    RAW_COL,
+    REASON_BAD_TIMESTAMP,
+    REASON_DUPLICATE,
+    REASON_DUPLICATE_ID,
+    REASON_EMPTY,
+    REASON_FUTURE,
+    REASON_NULL_ID,
+    REASON_RATING_RANGE,
+    REASON_UNKNOWN_ITEM,
+    REASON_UNKNOWN_USER,
+)
 
-REASON_UNPARSEABLE = "unparseable_line"
-REASON_NULL_ID = "null_or_empty_id"
-REASON_RATING_RANGE = "rating_out_of_range"
-REASON_BAD_TIMESTAMP = "bad_timestamp"
-REASON_FUTURE = "future_timestamp"
-REASON_DUPLICATE = "duplicate_event"
-REASON_UNKNOWN_USER = "unknown_user"
-REASON_UNKNOWN_ITEM = "unknown_item"
-REASON_DUPLICATE_ID = "duplicate_id"
-REASON_EMPTY = "empty_value"
+if TYPE_CHECKING:
+    from jobs.sources import SourceTables
 
 
 class SchemaError(ValueError):
@@ -96,7 +99,8 @@ def require_columns(df: DataFrame, table: str, expected: dict[str, tuple[type, .
         if column not in fields:
             raise SchemaError(
                 f"{table}: missing column '{column}'. Found columns: {', '.join(fields) or '(none)'}. "
-                f"Map your column to '{column}' in the source config."
+                f"Ingest reads the canonical tables a jobs.sources loader returns ({', '.join(expected)}); "
+                f"pass the loader's table, or rename the column to '{column}' before ingest."
             )
         if not isinstance(fields[column], types):
             wanted = " or ".join(t.__name__.replace("Type", "").lower() for t in types)
@@ -208,7 +212,7 @@ def ingest_interactions(
     good = df.filter(F.col("_reason").isNull())
 
     # Exact duplicates: keep one, quarantine the others.
-    cols = ["user_id", "item_id", "rating", "ts"]
+    cols = list(EVENT_COLUMNS)
     copy_number = F.row_number().over(Window.partitionBy(*cols).orderBy(RAW_COL))
     good = good.withColumn("_copy", copy_number)
     dupes = good.filter(F.col("_copy") > 1).withColumn("_reason", F.lit(REASON_DUPLICATE))
@@ -268,7 +272,7 @@ def ingest_tags(
 
 
 def ingest_source(
-    source,
+    source: SourceTables,
     ds: dt.date,
     *,
     now: dt.datetime | None,

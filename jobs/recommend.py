@@ -26,7 +26,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs import scoring
-from jobs.features import FIRST_INDEX, FeatureState
+from jobs.features import FeatureState
+from jobs.schema import FIRST_INDEX
 from jobs.scoring import catalogue_frame, seen_positions
 
 

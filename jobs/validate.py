@@ -1,10 +1,11 @@
 """Checks of file sources before any Spark work: files, columns and types.
 
 Only file listings, CSV headers, Parquet schemas and the first ``SAMPLE_ROWS``
-lines of text files are read (with Python and pyarrow), so a wrong path, a
-missing column or a column of the wrong type stops the run in a second, with
-one message that names the file, the column, what was expected and what was
-found. Row-level problems (one bad line among good ones) are not errors here:
+lines of text files are read (pyarrow, through ``jobs.storage``: any file
+system), so a wrong path, a missing column or a column of the wrong type stops
+the run in a second, with one message that names the file, the column, what
+was expected, what was found and which setting (or which file) to fix.
+Row-level problems (one bad line among good ones) are not errors here:
 ingest sends those rows to quarantine.
 
 A text column has the wrong type when none of its sampled values parses as
@@ -17,12 +18,12 @@ import csv
 import dataclasses
 import datetime as dt
 import io
-import os
 from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
+
+from jobs.storage import Location
 
 SAMPLE_ROWS = 1000
 
@@ -81,43 +82,24 @@ class Problems:
 
 
 # -- files ---------------------------------------------------------------------------
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
+def require_file(problems: Problems, path: str | Location, what: str, hint: str = "") -> Location | None:
+    """The first data file at ``path`` (the file, or a folder's first file), or None after recording it missing.
 
-
-def data_files(path: str) -> list[str]:
-    """The data files at ``path``: the file itself, or a folder's files not starting with '_' or '.'."""
-    fs, local = _fs(path)
-    info = fs.get_file_info(local)
-    if info.type == pafs.FileType.File:
-        return [path]
-    if info.type != pafs.FileType.Directory:
-        return []
-    selector = pafs.FileSelector(local, recursive=True)
-    found = []
-    for entry in fs.get_file_info(selector):
-        rel = os.path.relpath(entry.path, local)
-        if entry.type == pafs.FileType.File and not any(p.startswith(("_", ".")) for p in rel.split(os.sep)):
-            found.append(entry.path if "://" not in path else path.rstrip("/") + "/" + rel)
-    return sorted(found)
-
-
-def require_file(problems: Problems, path: str, what: str) -> str | None:
-    """The first data file at ``path``, or None after recording a 'missing' problem."""
-    files = data_files(path)
+    Args:
+        hint: how to point the source at the right file (e.g. which config key names it).
+    """
+    location = Location(path)
+    files = location.files()
     if not files:
-        problems.add(path, what, "a file (or a folder of files)", "nothing at that path",
-                     "Check source.path / the table's path in the config.")
+        problems.add(location.display(), what, "a file (or a folder of files)", "nothing at that path", hint)
         return None
     return files[0]
 
 
-def read_lines(path: str, encoding: str, limit: int = SAMPLE_ROWS + 1) -> list[str]:
+def read_lines(path: str | Location, encoding: str, limit: int = SAMPLE_ROWS + 1) -> list[str]:
     """The first ``limit`` non-empty lines of a text file, decoded with ``encoding``."""
-    fs, local = _fs(path)
-    with fs.open_input_stream(local) as raw:
+    location = Location(path)
+    with location.fs.open_input_stream(location.path) as raw:
         text = io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="")
         lines = []
         for line in text:
@@ -127,6 +109,28 @@ def read_lines(path: str, encoding: str, limit: int = SAMPLE_ROWS + 1) -> list[s
                 if len(lines) >= limit:
                     break
     return lines
+
+
+def _missing_columns(
+    problems: Problems, file: str, columns: Sequence[Column], found: Sequence[str], where: str, hint: str
+) -> None:
+    """Record the ``columns`` missing from ``found``.
+
+    A column a config key names gets its own line saying which key to set;
+    the others (a file with a fixed layout) share one line with the file's hint.
+    """
+    missing = [c for c in columns if c.name not in found]
+    for column in missing:
+        if column.key:
+            problems.add(file, f"column {column.label()}", f"a column named '{column.name}'{where}",
+                         f"columns {', '.join(found)}", f"Set {column.key} to the name of the column that holds it.")
+    fixed = [c for c in missing if not c.key]
+    if len(fixed) == 1:
+        problems.add(file, f"column {fixed[0].label()}", f"a column named '{fixed[0].name}'{where}",
+                     f"columns {', '.join(found)}", hint)
+    elif fixed:
+        names = ", ".join(c.label() for c in fixed)
+        problems.add(file, "header" if where else "schema", f"the columns {names}", f"columns {', '.join(found)}", hint)
 
 
 # -- value parsing (the same rules Spark's try_cast applies) ----------------------------
@@ -186,77 +190,119 @@ def id_type(values: Iterable[str]) -> str:
 
 # -- text files without a header (MovieLens 100K and 1M) ------------------------------------
 def check_delimited(
-    problems: Problems, path: str, *, sep: str, fields: Sequence[Column], encoding: str
+    problems: Problems, path: str | Location, *, sep: str, fields: Sequence[Column], encoding: str, hint: str = ""
 ) -> list[list[str]]:
     """Check field count and field types of a headerless delimited file.
+
+    Args:
+        hint: what the file should hold and where the source is configured
+            (said when the file is missing, empty or split into other fields).
 
     Returns:
         The sampled lines that have the expected number of fields, split.
     """
-    file = require_file(problems, path, "file")
+    file = require_file(problems, path, "file", hint)
     if file is None:
         return []
     lines = read_lines(file, encoding)[:SAMPLE_ROWS]
     if not lines:
-        problems.add(file, "content", f"lines of {len(fields)} fields", "an empty file")
+        problems.add(file.display(), "content", f"lines of {len(fields)} fields", "an empty file", hint)
         return []
     split = [line.split(sep) for line in lines]
     good = [parts for parts in split if len(parts) == len(fields)]
     if not good:
         names = ", ".join(f.name for f in fields)
         problems.add(
-            file, "every line", f"{len(fields)} fields separated by {sep!r} ({names})",
+            file.display(), "every line", f"{len(fields)} fields separated by {sep!r} ({names})",
             f"{len(split[0])} fields in line 1: {lines[0][:120]!r} (and no line of the first {len(lines)} fits)",
-            "Is this the right MovieLens format for source.kind?",
+            hint,
         )
         return []
     for index, column in enumerate(fields):
-        check_values(problems, f"{file} field {index + 1}", column, [parts[index] for parts in good])
+        check_values(problems, f"{file.display()} field {index + 1}", column, [parts[index] for parts in good])
     return good
 
 
-# -- CSV files with a header ------------------------------------------------------------------
-@dataclasses.dataclass
+# -- what the checks of a table return ---------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
 class CsvSample:
     """Header and sampled rows of a CSV file.
 
     Attributes:
         file: the file that was read.
-        header: the column names in file order.
-        rows: sampled rows as dicts column -> string value.
+        header: the column names in file order ([] for a file without a header line).
+        rows: sampled rows (at most ``SAMPLE_ROWS``) as dicts column -> string value.
     """
 
-    file: str
+    file: Location
     header: list[str]
     rows: list[dict[str, str]]
+
+    @property
+    def empty(self) -> bool:
+        """No data row below the header."""
+        return not self.rows
 
     def values(self, column: str) -> list[str]:
         return [row.get(column) or "" for row in self.rows]
 
+    def id_type(self, column: str) -> str:
+        """bigint or string: bigint when every sampled value of ``column`` is an integer."""
+        return id_type(self.values(column))
 
+
+@dataclasses.dataclass(frozen=True)
+class ParquetSample:
+    """Schema of a Parquet file or folder.
+
+    Attributes:
+        location: the file or folder.
+        schema: its Arrow schema.
+        empty: the data holds no row (only counted for optional tables; else False).
+    """
+
+    location: Location
+    schema: pa.Schema
+    empty: bool = False
+
+    def id_type(self, column: str) -> str:
+        """bigint or string: bigint for an integer column."""
+        return "bigint" if pa.types.is_integer(self.schema.field(column).type) else "string"
+
+
+# -- CSV files with a header ------------------------------------------------------------------
 def check_csv(
-    problems: Problems, path: str, *, columns: Sequence[Column], sep: str = ",", encoding: str = "utf-8"
+    problems: Problems, path: str | Location, *, columns: Sequence[Column], sep: str = ",", encoding: str = "utf-8",
+    hint: str = "", optional: bool = False,
 ) -> CsvSample | None:
-    """Check that a CSV file has a header with ``columns`` whose values parse as their kinds."""
-    file = require_file(problems, path, "file")
+    """Check that a CSV file has a header with ``columns`` whose values parse as their kinds.
+
+    Args:
+        hint: what the file should hold and where the source is configured
+            (said when the file is missing or a column without a config key is).
+        optional: the source can go without this table, so a file with no
+            rows below its header (or no header) is fine: its sample is
+            ``empty`` and no value is checked. Otherwise such a file is a problem.
+    """
+    file = require_file(problems, path, "file", hint)
     if file is None:
         return None
     lines = read_lines(file, encoding)
     if not lines:
-        problems.add(file, "header", "a header line naming the columns", "an empty file")
+        if optional:
+            return CsvSample(file=file, header=[], rows=[])
+        problems.add(file.display(), "header", "a header line naming the columns", "an empty file", hint)
         return None
     reader = csv.reader(lines, delimiter=sep)
     header = [h.strip() for h in next(reader)]
-    rows = [dict(zip(header, row)) for row in reader]
-    sample = CsvSample(file=file, header=header, rows=rows)
+    sample = CsvSample(file=file, header=header, rows=[dict(zip(header, row)) for row in reader])
+    if sample.empty and not optional:
+        problems.add(file.display(), "content", "rows below the header", "only the header line", hint)
+        return None
+    _missing_columns(problems, file.display(), columns, header, " in the header", hint)
     for column in columns:
-        if column.name not in header:
-            problems.add(
-                file, f"column {column.label()}", f"a column named '{column.name}' in the header",
-                f"columns {', '.join(header)}", "Map the right column name in the config.",
-            )
-            continue
-        check_values(problems, file, column, sample.values(column.name))
+        if column.name in header and not sample.empty:
+            check_values(problems, file.display(), column, sample.values(column.name))
     return sample
 
 
@@ -280,26 +326,33 @@ def _parquet_type_ok(kind: str, dtype: pa.DataType) -> bool:
     return True
 
 
-def check_parquet(problems: Problems, path: str, *, columns: Sequence[Column]) -> pa.Schema | None:
-    """Check that a Parquet file or folder has ``columns`` of the right types (schema only)."""
-    if require_file(problems, path, "Parquet data") is None:
+def check_parquet(
+    problems: Problems, path: str | Location, *, columns: Sequence[Column], hint: str = "", optional: bool = False
+) -> ParquetSample | None:
+    """Check that a Parquet file or folder has ``columns`` of the right types (schema only).
+
+    Args:
+        hint, optional: as for ``check_csv`` (only an optional table's rows are
+            counted, from the files' metadata).
+    """
+    location = Location(path)
+    if require_file(problems, location, "Parquet data", hint) is None:
         return None
-    fs, local = _fs(path)
     try:
-        schema = pads.dataset(local, format="parquet", filesystem=fs).schema
+        data = pads.dataset(location.path, format="parquet", filesystem=location.fs)
+        schema = data.schema
     except (pa.ArrowInvalid, OSError) as exc:
-        problems.add(path, "content", "Parquet data", f"a file pyarrow cannot read ({exc})")
+        problems.add(location.display(), "content", "Parquet data", f"a file pyarrow cannot read ({exc})", hint)
         return None
+    sample = ParquetSample(location, schema, empty=optional and data.count_rows() == 0)
+    _missing_columns(problems, location.display(), columns, schema.names, "", hint)
     for column in columns:
         if column.name not in schema.names:
-            problems.add(
-                path, f"column {column.label()}", f"a column named '{column.name}'",
-                f"columns {', '.join(schema.names)}", "Map the right column name in the config.",
-            )
-        elif not _parquet_type_ok(column.kind, schema.field(column.name).type):
-            problems.add(path, f"column {column.label()}", _EXPECTED[column.kind],
+            continue
+        if not _parquet_type_ok(column.kind, schema.field(column.name).type):
+            problems.add(location.display(), f"column {column.label()}", _EXPECTED[column.kind],
                          f"type {schema.field(column.name).type}")
-        elif column.kind == "iso8601" and pa.types.is_string(schema.field(column.name).type):
-            head = pads.dataset(local, format="parquet", filesystem=fs).head(SAMPLE_ROWS, columns=[column.name])
-            check_values(problems, path, column, [v or "" for v in head.column(0).to_pylist()])
-    return schema
+        elif column.kind == "iso8601" and pa.types.is_string(schema.field(column.name).type) and not sample.empty:
+            head = data.head(SAMPLE_ROWS, columns=[column.name])
+            check_values(problems, location.display(), column, [v or "" for v in head.column(0).to_pylist()])
+    return sample

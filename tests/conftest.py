@@ -1,13 +1,17 @@
-"""Shared fixtures: one real SparkSession and one real Prefect server per test session."""
+"""Shared fixtures: one real SparkSession and one real Prefect server per test session, copies of the data fixtures."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +39,28 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def copy_fixture(tmp_path):
+    """``copy_fixture("ml-1m")``: a Path to a fresh copy of tests/fixtures/ml-1m under tmp_path, to edit."""
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
+
+    return copy
+
+
+@pytest.fixture
+def mock_fixture(tmp_path):
+    """``mock_fixture("ml-latest")``: a ``jobs.storage.Location`` on pyarrow's in-memory ``mock://`` file system
+    holding a copy of tests/fixtures/ml-latest (only this process sees it: no Spark)."""
+    from jobs.storage import Location
+
+    def copy(name: str):
+        root = Location(f"mock:///{tmp_path.name}/{name}")
+        for file in sorted((FIXTURES / name).iterdir()):
+            (root / file.name).write_bytes(file.read_bytes())
+        return root
+
+    return copy

@@ -5,7 +5,7 @@ import pytest
 from sklearn.experimental import enable_iterative_imputer  # noqa: F401
 from sklearn.impute import IterativeImputer
 
-from jobs import feature_stats as fs
+from jobs.features import stats as fs
 
 DAY = fs.DAY_US
 GRID = np.array([1.0, 2.0, 3.0, 4.0, 5.0])

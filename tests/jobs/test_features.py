@@ -3,13 +3,15 @@
 import dataclasses
 import datetime as dt
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import features
+from jobs import features, schema
+from jobs.features import passes
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 AS_OF = dt.datetime(2024, 1, 12, tzinfo=dt.timezone.utc)
@@ -57,10 +59,8 @@ ITEM_DECLS = (features.FeatureDecl("year", "continuous"), features.FeatureDecl("
 def fitted(spark):
     train = spark.createDataFrame(_events(), EVENTS_SCHEMA)
     users, items = _users(spark), _items(spark)
-    out = features.fit_transform(
-        train, users, items, user_decls=USER_DECLS, item_decls=ITEM_DECLS, as_of=AS_OF,
-        settings=features.FeatureSettings(quantiles=QUANTILES),
-    )
+    fitter = features.FeatureFitter(USER_DECLS, ITEM_DECLS, features.FeatureSettings(quantiles=QUANTILES))
+    out = fitter.fit_transform(train, users, items, as_of=AS_OF)
     assert out.state.example_statistics == "leave_one_out"  # the default
     point_in_time = dataclasses.replace(out.state, example_statistics="point_in_time")
     return {
@@ -182,10 +182,10 @@ def test_raw_totals_match_pandas_with_and_without_map_side_partial_sums(spark, f
     many = train.repartition(5)  # several partial sums per entity
     item_static = features.side_static(items.select("item_id").distinct(), items, state, "item")
     user_static = features.side_static(users.select("user_id").distinct(), users, state, "user")
-    statics = features._static_arrow(user_static, item_static)
-    bc, side_pass = features._side_passes(spark, state, statics, fitted=False)[side]
+    statics = passes.static_arrow(user_static, item_static)
+    bc, side_pass = passes.side_passes(spark, state, statics, fitted=False)[side]
     static = user_static if side == "user" else item_static
-    got = features._totals(many, bc, side_pass, static, 3, len(_events()), pre_aggregate=pre_aggregate).toPandas()
+    got = passes.entity_totals(many, bc, side_pass, static, 3, len(_events()), pre_aggregate=pre_aggregate).toPandas()
     expected = ref_entity_stats(side, AFFINITY if side == "user" else ())
     got = got.set_index(f"{side}_id").sort_index()
     assert list(got.index) == list(expected.index)
@@ -199,17 +199,17 @@ def test_entities_without_history_get_imputed_statistics_and_reserved_indices(fi
     state = fitted["state"]
     count = state.scalers["user_rating_count"]
     for user in (7, 8):  # in the users table, no events
-        assert users.loc[user, "user_idx"] == features.UNSEEN_INDEX
+        assert users.loc[user, "user_idx"] == schema.UNSEEN_INDEX
         assert users.loc[user, "user_rating_count"] == pytest.approx((0.0 - count["mean"]) / count["std"], rel=1e-5)
         assert users.loc[user, "user_rating_mean"] == pytest.approx(0.0, abs=1e-6)  # mean-imputed -> 0
-    assert users.loc[7, "user_gender"] == features.UNSEEN_INDEX   # "X" never seen in training
-    assert users.loc[7, "user_occupation"] == features.UNSEEN_INDEX
-    assert users.loc[8, "user_gender"] == features.NULL_INDEX     # null
-    assert users.loc[8, "user_occupation"] == features.NULL_INDEX
+    assert users.loc[7, "user_gender"] == schema.UNSEEN_INDEX   # "X" never seen in training
+    assert users.loc[7, "user_occupation"] == schema.UNSEEN_INDEX
+    assert users.loc[8, "user_gender"] == schema.NULL_INDEX     # null
+    assert users.loc[8, "user_occupation"] == schema.NULL_INDEX
     items = fitted["items"]
-    assert items.loc[14, "item_idx"] == features.UNSEEN_INDEX
+    assert items.loc[14, "item_idx"] == schema.UNSEEN_INDEX
     assert list(items.loc[14, "item_genres"]) == [4, 2]           # Drama, Action
-    assert list(items.loc[13, "item_genres"]) == [features.NULL_INDEX]
+    assert list(items.loc[13, "item_genres"]) == [schema.NULL_INDEX]
 
 
 def test_new_state_applies_to_later_events_and_new_categories(spark, fitted):
@@ -220,8 +220,8 @@ def test_new_state_applies_to_later_events_and_new_categories(spark, fitted):
         [(1, 25, "M", "eng"), (50, 33, "Q", None)], "user_id bigint, age int, gender string, occupation string"
     )
     rows = {r.user_id: r for r in features.build_side_features(train, later_users, state, "user", items=items).collect()}
-    assert rows[50].user_idx == features.UNSEEN_INDEX
-    assert (rows[50].user_gender, rows[50].user_occupation) == (features.UNSEEN_INDEX, features.NULL_INDEX)
+    assert rows[50].user_idx == schema.UNSEEN_INDEX
+    assert (rows[50].user_gender, rows[50].user_occupation) == (schema.UNSEEN_INDEX, schema.NULL_INDEX)
     assert rows[1].user_rating_mean == pytest.approx(fitted["users"].loc[1, "user_rating_mean"])
 
 
@@ -305,6 +305,38 @@ def test_fast_parquet_writer_writes_the_same_examples(spark, fitted, tmp_path):
     assert [list(g) for g in got.item_genres] == [list(g) for g in expected.item_genres]
 
 
+@pytest.mark.parametrize("given", ["file_uri", "relative_path"])
+def test_examples_are_written_through_the_storage_layer(spark, fitted, tmp_path, monkeypatch, given):
+    """The executors write through the Location: a file:// URI and a path relative to the driver's directory."""
+    train, users, items = fitted["tables"]
+    folder = tmp_path / "warehouse" / "examples"
+    folder.mkdir(parents=True)
+    (folder / "part-00099.parquet").write_text("an older run's file: replaced, not kept")
+    if given == "file_uri":
+        path = folder.as_uri()
+    else:
+        monkeypatch.chdir(tmp_path)
+        path = "warehouse/examples"
+    rows = features.write_training_examples(train, users, items, fitted["state"], path)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names and all(re.fullmatch(r"part-\d{5}\.parquet", n) for n in names)
+    assert "part-00099.parquet" not in names
+    written = pd.read_parquet(folder)
+    assert rows == len(written) == len(_events())
+    key = ["user_id", "item_id", "ts", "rating"]
+    written["ts"] = written.ts.dt.tz_convert(None).astype("datetime64[ns]")
+    expected = fitted["examples_loo"].sort_values(key).reset_index(drop=True)
+    got = written[expected.columns].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.drop(columns=["item_genres"]), expected.drop(columns=["item_genres"]))
+
+
+def test_the_fitted_state_is_frozen(fitted):
+    state = fitted["state"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.scalers = {}
+    assert isinstance(features.FeatureSettings(quantiles=[0.5, 0.9]).quantiles, tuple)  # a config list, kept fixed
+
+
 def test_examples_reuse_the_fitted_static_tables(spark, fitted):
     train, users, items = fitted["tables"]
     out = fitted["fitted_tables"]
@@ -320,7 +352,7 @@ def test_examples_reuse_the_fitted_static_tables(spark, fitted):
 def test_examples_refuse_tables_of_another_fit(spark, fitted):
     train, users, items = fitted["tables"]
     fewer = train.filter("user_id != 99")
-    other = features.fit_transform(fewer, users, items, user_decls=USER_DECLS, item_decls=ITEM_DECLS, as_of=AS_OF)
+    other = features.FeatureFitter(USER_DECLS, ITEM_DECLS).fit_transform(fewer, users, items, as_of=AS_OF)
     with pytest.raises(ValueError, match="another fit"):
         features.training_examples(fewer, users, items, other.state, tables=fitted["fitted_tables"])
 
@@ -330,7 +362,7 @@ def test_window_end_defaults_to_midnight_after_the_last_event(spark):
     last = max(ts for *_, ts in events)
     expected = dt.datetime.combine(last.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
     train = spark.createDataFrame(events, EVENTS_SCHEMA)
-    state = features.fit_transform(train, None, None, user_decls=(), item_decls=()).state
+    state = features.FeatureFitter().fit(train, None, None)
     assert dt.datetime.fromisoformat(state.as_of) == expected
     assert state.global_mean == pytest.approx(np.mean([r for _, _, r, _ in events if r is not None]))
     assert state.user_vocab == sorted({u for u, *_ in events})
@@ -367,13 +399,13 @@ def test_feature_tables_are_written_without_float_dictionaries(spark, fitted, tm
     assert dictionary_columns(tmp_path / "default") & float_columns
 
 
-def test_min_count_sends_rare_categories_to_unseen(spark):
+def test_min_category_count_sends_rare_categories_to_unseen(spark):
     df = spark.createDataFrame([("a",), ("a",), ("b",), (None,)], "c string")
     decl = features.FeatureDecl("c", "categorical")
-    vocab = features.fit_vocabulary(df, decl, min_count=2)
+    vocab = features.fit_vocabulary(df, decl, min_category_count=2)
     assert vocab == ["a"]
     encoded = [r.c_idx for r in features.encode_categorical(df, decl, vocab, "c_idx").collect()]
-    assert encoded == [2, 2, features.UNSEEN_INDEX, features.NULL_INDEX]
+    assert encoded == [2, 2, schema.UNSEEN_INDEX, schema.NULL_INDEX]
 
 
 def test_large_vocabulary_uses_a_join_with_the_same_result(spark):
@@ -382,7 +414,7 @@ def test_large_vocabulary_uses_a_join_with_the_same_result(spark):
     decl = features.FeatureDecl("c", "categorical")
     encoded = [r.c_idx for r in features.encode_categorical(df, decl, values, "c_idx").orderBy("c").collect()]
     # orderBy puts NULL first: null, 5, 6999, 8000 (unseen)
-    assert encoded == [features.NULL_INDEX, 5 + 2, 6999 + 2, features.UNSEEN_INDEX]
+    assert encoded == [schema.NULL_INDEX, 5 + 2, 6999 + 2, schema.UNSEEN_INDEX]
 
 
 def test_integer_categories_keep_their_type(spark):
@@ -392,15 +424,14 @@ def test_integer_categories_keep_their_type(spark):
 
 # -- settings ---------------------------------------------------------------------------------------------------------
 def test_median_imputation_and_coarse_grid(spark):
-    # ratings 1..9 over one user: with grid_size 3 they snap down to 3 grid points
+    # ratings 1..9 over one user: with rating_grid_size 3 they snap down to 3 grid points
     rows = [(1, 10 + k, float(k), T0 + dt.timedelta(hours=k)) for k in range(1, 10)]
     rows += [(2, 10, 2.0, T0), (3, 11, 9.0, T0)]
     train = spark.createDataFrame(rows, EVENTS_SCHEMA)
     users = spark.createDataFrame([(1, 10.0), (2, 20.0), (3, 60.0), (4, None)], "user_id bigint, age double")
-    out = features.fit_transform(
-        train, users, None, user_decls=[features.FeatureDecl("age", "continuous")], item_decls=[], as_of=AS_OF,
-        settings=features.FeatureSettings(grid_size=3, impute="median", affinity_column=None),
-    )
+    settings = features.FeatureSettings(rating_grid_size=3, impute="median", affinity_column=None)
+    out = features.FeatureFitter([features.FeatureDecl("age", "continuous")], [], settings).fit_transform(
+        train, users, None, as_of=AS_OF)
     state = out.state
     grid = state.rating_grid
     assert len(grid) == 3 and grid[0] == 1.0 and grid[-1] == 9.0
@@ -427,10 +458,8 @@ def test_iterative_imputer_fills_from_the_other_columns(spark):
     train = spark.createDataFrame(rows, EVENTS_SCHEMA)
     users = spark.createDataFrame(user_rows, "user_id bigint, age double")
     settings = features.FeatureSettings(imputer="iterative", affinity_column=None, iterative_sample_rows=1000)
-    out = features.fit_transform(
-        train, users, None, user_decls=[features.FeatureDecl("age", "continuous")], item_decls=[], as_of=AS_OF,
-        settings=settings,
-    )
+    out = features.FeatureFitter([features.FeatureDecl("age", "continuous")], [], settings).fit_transform(
+        train, users, None, as_of=AS_OF)
     params = out.state.imputer["user"]
     assert params is not None and len(params["initial"]) == len(out.state.continuous["user"])
     table = out.user_features.toPandas().set_index("user_id")
@@ -446,6 +475,6 @@ def test_tags_before_the_window_end_most_used_first(spark):
         "user_id bigint, item_id bigint, tag string, ts timestamp",
     )
     items = spark.createDataFrame([(10,), (11,), (12,)], "item_id bigint")
-    rows = {r.item_id: r.tags for r in features.attach_tags(items, tags, as_of=AS_OF, max_per_item=2).collect()}
+    rows = {r.item_id: r.tags for r in features.attach_tags(items, tags, as_of=AS_OF, max_tags_per_item=2).collect()}
     # item 10: funny (2 uses), then the alphabetically first of the single uses; 'late' is not before as_of
     assert rows == {10: "funny|b/c", 11: "x", 12: None}

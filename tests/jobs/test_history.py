@@ -29,8 +29,7 @@ HAND_EVENTS = [
 @pytest.fixture(scope="module")
 def state(spark):
     train = spark.createDataFrame(HAND_EVENTS, SCHEMA)
-    return features.fit_feature_state(train, None, None, user_decls=(), item_decls=(),
-                                      as_of=dt.datetime(2024, 1, 10, tzinfo=dt.timezone.utc))
+    return features.FeatureFitter().fit(train, None, None, as_of=dt.datetime(2024, 1, 10, tzinfo=dt.timezone.utc))
 
 
 def _collect(frame):
@@ -79,8 +78,7 @@ def test_matches_pandas_on_random_events(spark):
     rows = [(int(rng.integers(1, 9)), int(rng.integers(100, 115)), 3.0,
              _at(int(rng.integers(0, 5)), 6 * int(rng.integers(0, 3)))) for _ in range(150)]
     train = spark.createDataFrame(rows, SCHEMA)
-    state = features.fit_feature_state(train, None, None, user_decls=(), item_decls=(),
-                                       as_of=dt.datetime(2024, 1, 10, tzinfo=dt.timezone.utc))
+    state = features.FeatureFitter().fit(train, None, None, as_of=dt.datetime(2024, 1, 10, tzinfo=dt.timezone.utc))
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "ts"])
     for max_len in (1, 4, 50):
         expected = _pandas_history(frame, frame.user_id.unique(), frame.item_id.unique(), max_len)
@@ -90,8 +88,8 @@ def test_matches_pandas_on_random_events(spark):
 def test_indices_match_the_item_features(spark):
     """The history's indices are the item_idx the item tower embeds (features.build_side_features)."""
     train = spark.createDataFrame(HAND_EVENTS, SCHEMA)
-    fitted = features.fit_transform(train, None, None, user_decls=(), item_decls=(),
-                                    as_of=dt.datetime(2024, 1, 10, tzinfo=dt.timezone.utc))
+    fitted = features.FeatureFitter().fit_transform(train, None, None,
+                                                    as_of=dt.datetime(2024, 1, 10, tzinfo=dt.timezone.utc))
     item_idx = {r["item_id"]: r["item_idx"] for r in fitted.item_features.select("item_id", "item_idx").collect()}
     got = _collect(history.user_history(train, fitted.state, max_len=10))
     fitted.release()

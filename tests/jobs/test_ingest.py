@@ -1,15 +1,12 @@
 import datetime as dt
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from jobs import ingest, sources
+from jobs import ingest, schema, sources
 
 DS = dt.date(2024, 1, 10)
 NOW = dt.datetime(2024, 1, 20, tzinfo=dt.timezone.utc)
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _ts(day, hour=12):
@@ -38,10 +35,10 @@ def test_quarantine_reasons_and_window(spark):
     assert kept == [(1, 10), (1, 11), (4, 10), (4, 11)]
     reasons = sorted(r.reason for r in result.quarantine.collect())
     assert reasons == sorted(
-        [ingest.REASON_NULL_ID] * 2 + [ingest.REASON_RATING_RANGE] * 2
-        + [ingest.REASON_BAD_TIMESTAMP, ingest.REASON_DUPLICATE, ingest.REASON_FUTURE]
+        [schema.REASON_NULL_ID] * 2 + [schema.REASON_RATING_RANGE] * 2
+        + [schema.REASON_BAD_TIMESTAMP, schema.REASON_DUPLICATE, schema.REASON_FUTURE]
     )
-    raw = [json.loads(r.raw) for r in result.quarantine.collect() if r.reason == ingest.REASON_RATING_RANGE]
+    raw = [json.loads(r.raw) for r in result.quarantine.collect() if r.reason == schema.REASON_RATING_RANGE]
     assert sorted(r["rating"] for r in raw) == [0.0, 6.0]
     assert {r.table for r in result.quarantine.collect()} == {"interactions"}
 
@@ -59,11 +56,11 @@ def test_empty_string_ids_are_quarantined(spark):
     )
     result = ingest.ingest_interactions(df, DS)
     assert [r.user_id for r in result.interactions.collect()] == ["a"]
-    assert [r.reason for r in result.quarantine.collect()] == [ingest.REASON_NULL_ID] * 2
+    assert [r.reason for r in result.quarantine.collect()] == [schema.REASON_NULL_ID] * 2
 
 
-def test_every_bad_line_of_a_file_source_reaches_the_quarantine_with_its_raw_line(spark, tmp_path):
-    folder = Path(shutil.copytree(FIXTURES / "ml-1m", tmp_path / "ml-1m"))
+def test_every_bad_line_of_a_file_source_reaches_the_quarantine_with_its_raw_line(spark, copy_fixture):
+    folder = copy_fixture("ml-1m")
     # 978300760 = 2000-12-31 22:12:40 UTC; ds 2001-01-10, now 2001-02-01
     bad = {
         "1::1193::5": "unparseable_line",               # three fields

@@ -15,10 +15,8 @@ SPEC = synthetic.SyntheticSpec(n_users=40, n_items=30, ratings_per_user=8, days=
 def _night(spark, source):
     result = ingest.ingest_source(source, DS, now=NOW)
     train, _ = split.temporal_split(result.interactions, DS, holdout_days=3)
-    out = features.fit_transform(
-        train, result.users, result.items, user_decls=source.user_features, item_decls=source.item_features,
-        as_of=split.window_end(DS, 3, includes_holdout=False),
-    )
+    fitter = features.FeatureFitter(source.user_features, source.item_features)
+    out = fitter.fit_transform(train, result.users, result.items, as_of=split.window_end(DS, 3, includes_holdout=False))
     examples = features.training_examples(train, result.users, result.items, out.state)
     frames = [out.user_features, out.item_features, examples]
     return out.state, [_comparable(f.toPandas(), list(f.columns[:2])) for f in frames]

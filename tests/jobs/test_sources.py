@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import sources
-from jobs.features import FeatureDecl
+from jobs.schema import FeatureDecl
+from jobs.storage import Location
 from jobs.validate import SourceError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -93,8 +94,8 @@ def test_generic_csv_with_column_mapping_and_string_ids(spark, tmp_path):
     (tmp_path / "items.csv").write_text("sku;tags;price\ni1;a|b;9.5\ni2;;oops\n")
     spec = sources.FilesSource(
         interactions=sources.InteractionsFile(
-            path=str(tmp_path / "events.csv"), format="csv", sep=";", user_id="who", item_id="what", rating="stars",
-            ts="when", ts_format="iso8601",
+            path=str(tmp_path / "events.csv"), format="csv", sep=";", ts_format="iso8601",
+            columns=sources.InteractionColumns(user_id="who", item_id="what", rating="stars", ts="when"),
         ),
         items=sources.SideFile(
             path=str(tmp_path / "items.csv"), format="csv", sep=";", id_column="sku",
@@ -109,14 +110,17 @@ def test_generic_csv_with_column_mapping_and_string_ids(spark, tmp_path):
         ("u2", "i1", None, dt.datetime(2024, 1, 3, 11), None),            # empty rating: implicit event
     ]
     assert _rows(src.items, "item_id", "tags", "price") == [("i1", "a|b", 9.5), ("i2", None, None)]
-    assert [d.column for d in src.item_features] == ["tags", "price"]
+    # the declared columns are typed by their kind: continuous -> double, multi-valued stays a string
+    assert src.items.schema["price"].dataType.simpleString() == "double"
+    assert src.items.schema["tags"].dataType.simpleString() == "string"
 
 
 def test_generic_parquet_implicit_feedback_unix_millis(spark, tmp_path):
     table = pa.table({"u": pa.array([7, 8], pa.int32()), "i": ["a", "b"], "t": pa.array([1_700_000_000_000, 5])})
     pq.write_table(table, tmp_path / "events.parquet")
     spec = sources.FilesSource(interactions=sources.InteractionsFile(
-        path=str(tmp_path), user_id="u", item_id="i", rating=None, ts="t", ts_format="unix_millis"))
+        path=str(tmp_path), columns=sources.InteractionColumns(user_id="u", item_id="i", rating=None, ts="t"),
+        ts_format="unix_millis"))
     src = sources.load_files(spark, spec)
     assert src.interactions.schema["user_id"].dataType.simpleString() == "bigint"
     assert _rows(src.interactions, "user_id", "item_id", "rating", "ts") == [
@@ -124,7 +128,80 @@ def test_generic_parquet_implicit_feedback_unix_millis(spark, tmp_path):
     ]
 
 
-def test_folder_not_found_is_a_source_error(spark, tmp_path):
-    with pytest.raises(SourceError, match=r"u.data: file: expected a file \(or a folder of files\), found nothing"):
+def test_folder_not_found_is_one_source_error(spark, tmp_path):
+    with pytest.raises(SourceError) as err:
         sources.load_movielens_100k(spark, str(tmp_path / "missing"))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2  # the heading and one problem, not one per file
+    assert lines[1].startswith(f"  {tmp_path / 'missing'}: folder: expected the MovieLens 100K folder "
+                               "(u.data, u.user, u.item), found nothing at that path. Check source.path")
     assert not os.path.exists(tmp_path / "missing")
+
+
+# -- optional tables without rows are read as absent ----------------------------------------------------------
+@pytest.mark.parametrize("content", ["userId,movieId,tag,timestamp\n", ""], ids=["header_only", "empty"])
+def test_movielens_tags_without_rows_are_no_tags(spark, copy_fixture, content):
+    folder = copy_fixture("ml-latest")
+    (folder / "tags.csv").write_text(content)
+    src = sources.load_movielens_latest(spark, str(folder))
+    assert src.tags is None
+    assert [d.column for d in src.item_features] == ["year", "genres"]  # no tags feature to encode
+    assert _rows(src.interactions, "user_id", "item_id", "rating") == [(1, 1, 4.0), (1, 3, 4.5), (2, 1, 0.5),
+                                                                        (2, 7, 3.5)]
+
+
+def test_files_side_tables_without_rows_are_absent(spark, tmp_path):
+    (tmp_path / "events.csv").write_text("u,i,r,t\n1,10,4,1700000000\n2,11,3,1700000100\n")
+    (tmp_path / "users.csv").write_text("uid,age\n")  # the header, no rows
+    pq.write_table(pa.table({"sku": pa.array([], pa.int64()), "year": pa.array([], pa.int32())}),
+                   tmp_path / "items.parquet")
+    spec = sources.FilesSource(
+        interactions=sources.InteractionsFile(path=str(tmp_path / "events.csv"), format="csv",
+                                              columns=sources.InteractionColumns(user_id="u", item_id="i", rating="r",
+                                                                                 ts="t")),
+        users=sources.SideFile(path=str(tmp_path / "users.csv"), format="csv", id_column="uid",
+                               features=(FeatureDecl("age", "continuous"),)),
+        items=sources.SideFile(path=str(tmp_path / "items.parquet"), id_column="sku",
+                               features=(FeatureDecl("year", "continuous"),)),
+    )
+    src = sources.load_files(spark, spec)
+    assert (src.users, src.items, src.user_features, src.item_features) == (None, None, (), ())
+    assert _rows(src.interactions, "user_id", "item_id", "rating", "ts") == [
+        (1, 10, 4.0, _utc(1_700_000_000)), (2, 11, 3.0, _utc(1_700_000_100))]
+
+
+def test_an_empty_side_table_with_a_wrong_header_is_still_refused(tmp_path):
+    (tmp_path / "events.csv").write_text("user_id,item_id,rating,ts\n1,10,4,1700000000\n")
+    (tmp_path / "users.csv").write_text("id,age\n")
+    spec = sources.FilesSource(
+        interactions=sources.InteractionsFile(path=str(tmp_path / "events.csv"), format="csv"),
+        users=sources.SideFile(path=str(tmp_path / "users.csv"), format="csv", id_column="uid"),
+    )
+    with pytest.raises(SourceError, match=r"users.csv: column 'uid' \(source.files.users.id_column\): expected a "
+                                          r"column named 'uid' in the header, found columns id, age"):
+        sources.load_files(None, spec)
+
+
+# -- the files source mirrors the config ---------------------------------------------------------------------
+def test_files_source_builds_from_a_config_dump(tmp_path):
+    """``FilesSource(**dump)`` of the config's nested keys gives the typed source (paths read as Locations)."""
+    dump = {
+        "interactions": {"path": "events.csv", "format": "csv", "sep": ";", "encoding": "utf-8",
+                         "columns": {"user_id": "who", "item_id": "what", "rating": None, "ts": "when"},
+                         "ts_format": "iso8601"},
+        "users": None,
+        "items": {"path": str(tmp_path / "items"), "format": "parquet", "sep": ",", "encoding": "utf-8",
+                  "id_column": "sku",
+                  "features": [{"column": "genres", "kind": "multi_categorical", "separator": "/", "prefix": None}]},
+    }
+    built = sources.FilesSource(**dump)
+    assert built == sources.FilesSource(
+        interactions=sources.InteractionsFile(
+            path="events.csv", format="csv", sep=";", ts_format="iso8601",
+            columns=sources.InteractionColumns(user_id="who", item_id="what", rating=None, ts="when")),
+        items=sources.SideFile(path=str(tmp_path / "items"), id_column="sku",
+                               features=(FeatureDecl("genres", "multi_categorical", separator="/"),)),
+    )
+    assert built.interactions.location == Location("file://" + os.path.abspath("events.csv"))
+    with pytest.raises(ValueError, match="format: got 'json', expected one of parquet, csv"):
+        sources.FilesSource(interactions={"path": "e", "format": "json"})
