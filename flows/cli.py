@@ -56,17 +56,19 @@ class _ErrorsOnce(logging.Filter):
     """Drops the engine's own reports of a failure (with their tracebacks): the CLI prints the error once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and (record.exc_info or "Finished in state Failed" in
-                                                         record.getMessage()))
+        failure = record.levelno >= logging.ERROR and record.exc_info
+        return not (failure or "Finished in state Failed" in record.getMessage())
 
 
 def _quiet_failures() -> None:
-    """Attach ``_ErrorsOnce`` to the handlers of Prefect's loggers (configured on Prefect's import)."""
-    import prefect  # noqa: F401  (sets up Prefect's logging handlers)
+    """Attach ``_ErrorsOnce`` to Prefect's console handlers (the API handlers still record the failure)."""
+    import prefect.main  # noqa: F401  (sets up Prefect's logging)
+    from prefect.logging.handlers import PrefectConsoleHandler
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_ErrorsOnce())
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(_ErrorsOnce())
 
 
 def _error_text(exc: BaseException) -> str:

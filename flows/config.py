@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from flows.model_config import ModelConfig, Section
 from jobs import features, sources, synthetic
+from jobs.schema import FeatureDecl
 from jobs.recommend import ScoringSettings
 from models.kinds import FACTORISED_KINDS
 
@@ -66,8 +67,8 @@ class FeatureDeclConfig(Section):
 
     column: str
     kind: Literal["continuous", "categorical", "multi_categorical"]
-    separator: str = "|"
-    prefix: int | None = Field(None, ge=1)
+    separator: str = FeatureDecl.separator
+    prefix: int | None = Field(FeatureDecl.prefix, ge=1)
 
     @field_validator("column")
     @classmethod
@@ -79,25 +80,25 @@ class FeatureDeclConfig(Section):
 
 class _FileTable(Section):
     path: str
-    format: Literal["parquet", "csv"] = "parquet"
-    sep: str = ","
-    encoding: str = "utf-8"
+    format: Literal["parquet", "csv"] = sources.FileTable.format
+    sep: str = sources.FileTable.sep
+    encoding: str = sources.FileTable.encoding
 
 
 class InteractionColumns(Section):
     """Which source column holds each canonical interactions column (rating: null for implicit feedback)."""
 
-    user_id: str = "user_id"
-    item_id: str = "item_id"
-    rating: str | None = "rating"
-    ts: str = "ts"
+    user_id: str = sources.InteractionColumns.user_id
+    item_id: str = sources.InteractionColumns.item_id
+    rating: str | None = sources.InteractionColumns.rating
+    ts: str = sources.InteractionColumns.ts
 
 
 class InteractionsTableConfig(_FileTable):
     """The interactions table of a ``files`` source."""
 
     columns: InteractionColumns = Field(default_factory=InteractionColumns)
-    ts_format: Literal["unix_seconds", "unix_millis", "iso8601"] = "unix_seconds"
+    ts_format: Literal["unix_seconds", "unix_millis", "iso8601"] = sources.InteractionsFile.ts_format
 
 
 class SideTableConfig(_FileTable):
@@ -116,7 +117,7 @@ class FilesSourceConfig(Section):
 
     def spec(self) -> sources.FilesSource:
         """The source's tables as ``jobs.sources`` describes them (the same keys, one level for one)."""
-        return TypeAdapter(sources.FilesSource).validate_python(self.model_dump())
+        return sources.FilesSource(**self.model_dump())
 
 
 class SourceConfig(Section):
@@ -209,7 +210,7 @@ class FeatureConfig(Section):
 
     def settings(self, seed: int) -> features.FeatureSettings:
         """The feature stage's settings (``jobs.features.FeatureSettings``) of this section and the run's seed."""
-        return features.FeatureSettings(**{**self.model_dump(), "quantiles": tuple(self.quantiles)}, seed=seed)
+        return features.FeatureSettings(**self.model_dump(), seed=seed)
 
 
 class EvaluationConfig(Section):

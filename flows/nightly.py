@@ -114,15 +114,17 @@ def features_task(cfg: NightrecConfig, cat: RunCatalogue, window: str, ingested:
     tags = cat.dataset("raw.tags").load_optional(spark)
     as_of = split.window_end(cat.ds, cfg.split.holdout_days, includes_holdout=window == "full")
     if tags is not None:
-        items = features.attach_tags(items, tags, as_of=as_of, max_per_item=cfg.features.max_tags_per_item)
-    fitted = features.fit_transform(events, users, items, user_decls=ingested.user_features,
-                                    item_decls=ingested.item_features, as_of=as_of,
-                                    settings=cfg.features.settings(cfg.seed))
+        items = features.attach_tags(items, tags, as_of=as_of, max_tags_per_item=cfg.features.max_tags_per_item)
+    fitter = features.FeatureFitter(ingested.user_features, ingested.item_features, cfg.features.settings(cfg.seed))
+    fitted = fitter.fit_transform(events, users, items, as_of=as_of)
     state = fitted.state
     for side in ("user", "item"):
-        features.write_feature_table(getattr(fitted, f"{side}_features"), cat.dataset(f"{window}.{side}_features"))
-    n_examples = features.write_training_examples(events, users, items, state, cat.dataset(f"{window}.examples"),
-                                                  tables=fitted)
+        out = cat.dataset(f"{window}.{side}_features")
+        features.write_feature_table(getattr(fitted, f"{side}_features"), out.location)
+        out.mark_complete()
+    examples = cat.dataset(f"{window}.examples")
+    n_examples = features.write_training_examples(events, users, items, state, examples.location, tables=fitted)
+    examples.mark_complete()
     fitted.release()
     cat.dataset(f"{window}.feature_state").write_text(state.to_json())
     result = FittedWindow(window, state, users=cat.dataset(f"{window}.user_features").load(spark).count(),

@@ -39,6 +39,8 @@ def to_uri(path: str) -> str:
     Plain and relative paths (and Hadoop's ``file:/abs``) become
     ``file:///abs/path``; other URIs are kept as given.
     """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
     if not isinstance(path, str) or not path:
         raise ValueError(f"a storage location must be a non-empty path or URI, got {path!r}")
     if "://" in path:
@@ -88,7 +90,7 @@ class Location:
 
     __slots__ = ("uri",)
 
-    def __init__(self, path: str | "Location"):
+    def __init__(self, path: "str | os.PathLike | Location"):
         self.uri = path.uri if isinstance(path, Location) else to_uri(path)
 
     # -- identity ------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import tempfile
 from collections.abc import Mapping
 
 from jobs.storage import Location
-from models.data import check_location
 from models.deepfm import DeepFMModel
 from models.item_item import ItemItemModel
 from models.kinds import KINDS
@@ -47,20 +46,21 @@ def build_model(kind: str, spec: Mapping, *, output_bias: float = 0.0, **params)
     return cls(dict(spec), kind=kind, output_bias=output_bias, **args)
 
 
-def load_model(model_file: Location) -> keras.Model:
+def load_model(model_file: "Location | str") -> keras.Model:
     """Load a saved nightrec model (importing this module registers every custom class).
 
     Args:
-        model_file: the ``.keras`` file, on any file system (a copy is read when it is not local:
-            Keras needs a path on this machine's disk).
+        model_file: the ``.keras`` file: a Location or a path or URI, on any file system (a copy
+            is read when it is not local: Keras needs a path on this machine's disk).
     """
-    if not check_location(model_file, "the saved model").is_file():
+    model_file = Location(model_file)
+    if not model_file.is_file():
         raise FileNotFoundError(f"{model_file.display()}: no saved model there (expected the .keras file that "
                                 "models.train.train_model writes)")
     if model_file.local_path is not None:
         return keras.models.load_model(model_file.local_path)
     with tempfile.TemporaryDirectory(prefix="nightrec-model-") as tmp:
-        model_file.copy_to_local(tmp)
+        model_file.copy_to(Location(tmp) / model_file.name)
         return keras.models.load_model(os.path.join(tmp, model_file.name))
 
 

@@ -29,7 +29,7 @@ built-in synthetic data).
 """
 
 from jobs.sources.canonical import SourceTables
-from jobs.sources.files import FilesSource, InteractionColumns, InteractionsFile, SideFile, load_files
+from jobs.sources.files import FilesSource, FileTable, InteractionColumns, InteractionsFile, SideFile, load_files
 from jobs.sources.generated import load_synthetic
 from jobs.sources.movielens import (
     ML1M_USER_FEATURES,
@@ -48,6 +48,7 @@ __all__ = [
     "ML100K_GENRES",
     "NO_GENRES",
     "TAGS_FEATURE",
+    "FileTable",
     "FilesSource",
     "InteractionColumns",
     "InteractionsFile",
