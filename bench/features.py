@@ -26,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.proc_cpu import tree_cpu_by_process  # noqa: E402
 from jobs import features, schema, sources, synthetic  # noqa: E402
 from jobs.features.examples import example_passes  # noqa: E402
+from jobs.run_catalogue import RunCatalogue  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
+from jobs.storage import Location  # noqa: E402
 
 
 def _timed(timings: dict, name: str, fn):
@@ -51,29 +53,29 @@ class Steps:
         self._wall, self._cpu = wall, cpu
 
 
-def _feature_stage(spark, folder: str, out: str, as_of: dt.datetime, steps: Steps):
-    train = spark.read.parquet(os.path.join(folder, "ratings"))
-    users = spark.read.parquet(os.path.join(folder, "users"))
-    items = spark.read.parquet(os.path.join(folder, "items"))
+def _source(spark, source: RunCatalogue):
+    return tuple(source.dataset(f"raw.{name}").load(spark) for name in ("interactions", "users", "items"))
+
+
+def _feature_stage(spark, source: RunCatalogue, out: RunCatalogue, as_of: dt.datetime, steps: Steps):
+    train, users, items = _source(spark, source)
     fitter = features.FeatureFitter(schema.MOVIELENS_USER_FEATURES, schema.MOVIELENS_ITEM_FEATURES)
     fitted = fitter.fit_transform(train, users, items, as_of=as_of, on_step=steps)
-    features.write_feature_table(fitted.user_features, os.path.join(out, "user_features"))
+    features.write_feature_table(fitted.user_features, out.dataset("eval.user_features").location)
     steps("write user_features")
-    features.write_feature_table(fitted.item_features, os.path.join(out, "item_features"))
+    features.write_feature_table(fitted.item_features, out.dataset("eval.item_features").location)
     steps("write item_features")
-    rows = features.write_training_examples(train, users, items, fitted.state, os.path.join(out, "examples"),
+    rows = features.write_training_examples(train, users, items, fitted.state, out.dataset("eval.examples").location,
                                             tables=fitted)
     steps("examples (item pass + user pass + write)")
     fitted.release()
     return rows, fitted
 
 
-def _examples_breakdown(spark, folder: str, fitted) -> dict:
+def _examples_breakdown(spark, source: RunCatalogue, fitted) -> dict:
     """Untimed diagnosis: the examples passes with a no-op sink (no Parquet write)."""
     state = fitted.state
-    train = spark.read.parquet(os.path.join(folder, "ratings"))
-    users = spark.read.parquet(os.path.join(folder, "users"))
-    items = spark.read.parquet(os.path.join(folder, "items"))
+    train, users, items = _source(spark, source)
     shuffled, _, _ = example_passes(train, users, items, state, features.FeatureSettings.rows_per_partition, fitted)
     timings = {}
     _timed(timings, "item pass only (noop sink)", lambda: shuffled.write.format("noop").mode("overwrite").save())
@@ -90,8 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of the feature stage in one session; the last is reported (the first pays the JVM warm-up)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the untimed examples breakdown")
-    parser.add_argument("--source", help="reuse ratings/, users/, items/ Parquet written by an earlier run (--keep)")
-    parser.add_argument("--keep", help="write the generated ratings/, users/, items/ to this folder and keep them")
+    parser.add_argument("--source", help="reuse the raw tables an earlier run wrote and kept (--keep) in this folder")
+    parser.add_argument("--keep", help="write the generated raw tables (a run catalogue) to this folder and keep them")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Spark setting for the session (repeatable), to compare settings")
     args = parser.parse_args(argv)
@@ -104,24 +106,24 @@ def main(argv=None) -> int:
         n_users=max(10, round(args.ratings / per_user)), n_items=max(100, min(20_000, args.ratings // 500)),
         ratings_per_user=per_user, days=365, end_date=dt.date(2024, 6, 30), seed=7,
     )
-    folder = args.source or args.keep or os.path.join(scratch, "source")
+    # The generated tables and each run's output are datasets of run catalogues, as in a nightly run.
+    source = RunCatalogue(Location(args.source or args.keep or os.path.join(scratch, "source")), spec.end_date, "bench")
     start = time.perf_counter()
     if not args.source:
-        source = sources.load_synthetic(spark, spec, in_spark=True)
-        source.interactions.write.mode("overwrite").parquet(os.path.join(folder, "ratings"))
-        source.users.write.mode("overwrite").parquet(os.path.join(folder, "users"))
-        source.items.write.mode("overwrite").parquet(os.path.join(folder, "items"))
-    n = spark.read.parquet(os.path.join(folder, "ratings")).count()
+        tables = sources.load_synthetic(spark, spec, in_spark=True)
+        for name in ("interactions", "users", "items"):
+            source.dataset(f"raw.{name}").save(getattr(tables, name))
+    n = source.dataset("raw.interactions").load(spark).count()
     print(f"{'read' if args.source else 'generated'} {n:,} ratings in {time.perf_counter() - start:.1f}s (not timed); "
           f"master {args.master}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
     as_of = dt.datetime.combine(spec.end_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
     walls, runs = [], []
     for run in range(args.repeat):
-        out = os.path.join(scratch, f"out{run}")
+        out = RunCatalogue(Location(scratch), spec.end_date, f"run{run}")
         start = time.perf_counter()
         steps = Steps()
-        rows, fitted = _feature_stage(spark, folder, out, as_of, steps)
+        rows, fitted = _feature_stage(spark, source, out, as_of, steps)
         walls.append(time.perf_counter() - start)
         runs.append(steps)
         print(f"run {run + 1}: feature stage {walls[-1]:.1f}s, {rows:,} examples, load average "
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     if args.conf:
         print("extra Spark settings:", ", ".join(args.conf))
     if not args.no_breakdown:
-        breakdown = _examples_breakdown(spark, folder, fitted)
+        breakdown = _examples_breakdown(spark, source, fitted)
         total = steps.wall["examples (item pass + user pass + write)"]
         item_pass = breakdown["item pass only (noop sink)"]
         both = breakdown["item + user pass (noop sink)"]
