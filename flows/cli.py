@@ -1,18 +1,23 @@
 """The ``nightrec`` command line.
 
-Exit codes: 0 done; 1 the run failed (its error is printed once, at the end;
-``--debug`` adds the traceback); 2 a usage or config error.
+Exit codes: 0 done; 1 a run failed (its error is printed once, at the end;
+``--debug`` adds the traceback); 2 a usage or config error; 3 refused: another
+live run of that ds holds its lock; 4 held back by the quality gate.
+
+Every command first completes any commit a killed run left half-done
+(``jobs.commit.recover``), so readers never wait for the next night.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_HELD_BACK = 0, 1, 2, 3, 4
 
 
 def _prefect_defaults() -> None:
@@ -29,23 +34,44 @@ def _date(text: str) -> dt.date:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nightrec", description="Nightly batch recommender pipeline.")
+    parser = argparse.ArgumentParser(prog="nightrec", description="Nightly batch recommender pipeline.",
+                                     epilog="exit codes: 0 done, 1 failed, 2 usage or config error, "
+                                            "3 refused by another run's lock, 4 held back by the quality gate")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def run_options(command: argparse.ArgumentParser) -> None:
+    def config_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--config", help="YAML config file (defaults when omitted)")
         command.add_argument("--warehouse", help="override the warehouse root of the config")
+
+    def run_options(command: argparse.ArgumentParser) -> None:
+        config_options(command)
+        command.add_argument("--fresh", action="store_true",
+                             help="start over instead of reusing the finished steps of a failed attempt")
         command.add_argument("--debug", action="store_true", help="print the traceback of a failure")
 
     nightly = sub.add_parser("nightly", help="run the nightly flow for one date")
-    nightly.add_argument("--ds", type=_date, required=True, help="run date YYYY-MM-DD")
+    nightly.add_argument("--ds", type=_date, help="run date YYYY-MM-DD (default: yesterday in schedule.timezone)")
     run_options(nightly)
     nightly.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     backfill = sub.add_parser("backfill", help="run the nightly flow for every date in a range")
     backfill.add_argument("--start", type=_date, required=True, help="first date YYYY-MM-DD")
     backfill.add_argument("--end", type=_date, required=True, help="last date YYYY-MM-DD (inclusive)")
+    backfill.add_argument("--force", action="store_true", help="run dates that are already committed again")
+    backfill.add_argument("--max-concurrency", type=int, default=1, metavar="N", help="dates run side by side")
     run_options(backfill)
+
+    serve = sub.add_parser("serve", help="run the nightly flow on the config's schedule (Prefect serve)")
+    config_options(serve)
+
+    deploy = sub.add_parser("deploy", help="register the nightly and backfill deployments with a Prefect server")
+    deploy.add_argument("--work-pool", required=True, help="the process work pool the workers poll")
+    config_options(deploy)
+
+    tables = sub.add_parser("tables", help="print the latest committed partition of each table")
+    tables.add_argument("--model", help="only the tables of this model (and the night's shared tables)")
+    tables.add_argument("--json", action="store_true", help="print JSON")
+    config_options(tables)
 
     show = sub.add_parser("config", help="validate a config file and print the effective config")
     show.add_argument("--config", help="YAML config file (defaults when omitted)")
@@ -77,6 +103,40 @@ def _error_text(exc: BaseException) -> str:
     return text.split("\n\tat ", 1)[0].split("\nJVM stacktrace:", 1)[0]
 
 
+def _failed(what: str, exc: BaseException, debug: bool) -> int:
+    from jobs.run_lock import RunLockedError
+
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    hint = "" if debug else " (run with --debug for the traceback)"
+    if isinstance(exc, RunLockedError):
+        print(f"nightrec: {what} refused: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    print(f"nightrec: {what} failed{hint}:\n{_error_text(exc)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _tables(cfg, args) -> int:
+    from jobs import commit
+    from jobs.storage import Location
+
+    warehouse = Location(cfg.warehouse)
+    found = commit.committed_partitions(warehouse, model=args.model)
+    for entry in found.values():
+        entry["location"] = (warehouse / entry.pop("path")).display()
+    if args.json:
+        print(json.dumps(found, indent=2))
+    elif not found:
+        print(f"no committed night in {warehouse.display()}")
+    else:
+        width = max(len(t) for t in found)
+        for table, entry in found.items():
+            print(f"{table:<{width}}  ds={entry['ds']}  run={entry['run_id']}  {entry['location']}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults()
@@ -96,26 +156,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backfill" and args.end < args.start:
         print(f"nightrec: --end {args.end} is before --start {args.start}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "backfill" and args.max_concurrency < 1:
+        print(f"nightrec: --max-concurrency must be at least 1, got {args.max_concurrency}", file=sys.stderr)
+        return EXIT_USAGE
 
-    from flows.nightly import nightly
+    from jobs import commit
+    from jobs.storage import Location
+
+    commit.recover(Location(cfg.warehouse), lambda line: print(f"nightrec: {line}", file=sys.stderr))
+    if args.command == "tables":
+        return _tables(cfg, args)
+    if args.command == "serve":
+        from flows.deployments import serve
+
+        serve(cfg)
+        return EXIT_OK
+    if args.command == "deploy":
+        from flows.deployments import deploy
+
+        try:
+            ids = deploy(cfg, args.work_pool)
+        except Exception as exc:
+            return _failed("deploy", exc, debug=False)
+        for name, ident in ids.items():
+            print(f"deployment {name}: {ident}")
+        return EXIT_OK
 
     if not args.debug:
         _quiet_failures()
-    days = [args.ds] if args.command == "nightly" else \
-        [args.start + dt.timedelta(days=n) for n in range((args.end - args.start).days + 1)]
-    for day in days:
-        try:
-            summary = nightly(ds=day, config=cfg)
-        except Exception as exc:
-            if args.debug:
-                import traceback
+    if args.command == "nightly":
+        from flows.nightly import nightly
 
-                traceback.print_exc()
-            hint = "" if args.debug else " (run with --debug for the traceback)"
-            print(f"nightrec: the run for ds={day} failed{hint}:\n{_error_text(exc)}", file=sys.stderr)
-            return EXIT_FAILED
-        print(summary.to_json() if getattr(args, "json", False) else summary.format(), flush=True)
-    return EXIT_OK
+        try:
+            summary = nightly(ds=args.ds, config=cfg, fresh=args.fresh)
+        except Exception as exc:
+            return _failed(f"the run for ds={args.ds or 'yesterday'}", exc, args.debug)
+        print(summary.to_json() if args.json else summary.format(), flush=True)
+        return EXIT_OK
+
+    from flows.backfill import backfill, format_results
+
+    try:
+        results = backfill(start=args.start, end=args.end, config=cfg, force=args.force,
+                           max_concurrency=args.max_concurrency, fresh=args.fresh)
+    except Exception as exc:
+        return _failed("the backfill", exc, args.debug)
+    print(format_results(results), flush=True)
+    return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -237,6 +237,66 @@ class ScoringConfig(Section):
         return ScoringSettings(**self.model_dump())
 
 
+class ScheduleConfig(Section):
+    """When the nightly runs (``nightrec serve`` and ``nightrec deploy``); a scheduled run's ds is the day
+    before its start, in ``timezone``."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule  # the schedule Prefect will run
+
+        try:
+            CronSchedule(cron=value)
+        except ValueError:
+            raise ValueError("not a cron expression (minute hour day month weekday); e.g. '0 3 * * *' is 03:00 "
+                             "every day") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone name, e.g. UTC or Europe/Berlin") from None
+        return value
+
+    def yesterday(self, now: dt.datetime | None = None) -> dt.date:
+        """The ds of a run started ``now`` (default: the clock): the previous day in ``timezone``."""
+        import zoneinfo
+
+        now = now or dt.datetime.now(dt.timezone.utc)
+        return now.astimezone(zoneinfo.ZoneInfo(self.timezone)).date() - dt.timedelta(days=1)
+
+
+class RunConfig(Section):
+    """How a run guards itself: its lock's lease and the retries of steps that touch storage."""
+
+    lease_s: float = Field(120.0, ge=1)
+    retries: int = Field(2, ge=0)
+    retry_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
+
+    @field_validator("retry_delays_s")
+    @classmethod
+    def _delays(cls, value: list[float]) -> list[float]:
+        if not value or any(d < 0 for d in value):
+            raise ValueError("list at least one delay, each >= 0 seconds (the last repeats for later retries)")
+        return value
+
+
+class RetentionConfig(Section):
+    """What is kept: replaced versions of each published partition, and unfinished runs' work folders."""
+
+    keep_versions: int = Field(3, ge=0)
+    failed_work_days: float = Field(3.0, ge=0)
+
+
 class NightrecConfig(Section):
     """The whole run configuration."""
 
@@ -251,6 +311,9 @@ class NightrecConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     keep_work_dir: bool = False
 
     @model_validator(mode="after")

@@ -1,7 +1,10 @@
 """What the nightly flow's tasks hand each other, and the summary of a night.
 
 Task results are small frozen dataclasses; large data stays in the run
-catalogue and travels as ``Dataset`` handles.
+catalogue and travels as ``Dataset`` handles. Each result has
+``to_record()`` (JSON-ready) and ``from_record(data, cat)``, so that the run
+record (``flows.run_record``) can hand a rerun the results of the steps an
+earlier attempt finished.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 from typing import Any
 
 from jobs.features import FeatureDecl, FeatureState
-from jobs.run_catalogue import Dataset
+from jobs.run_catalogue import Dataset, RunCatalogue
 from jobs.storage import Location
 from models.settings import MODEL_FILE
 
@@ -42,6 +45,15 @@ class Ingested:
     rating_range: tuple[float | None, float | None]
     now: dt.datetime
 
+    def to_record(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "now": self.now.isoformat()}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "Ingested":
+        return cls(**{**data, "user_features": tuple(FeatureDecl(**d) for d in data["user_features"]),
+                      "item_features": tuple(FeatureDecl(**d) for d in data["item_features"]),
+                      "rating_range": tuple(data["rating_range"]), "now": dt.datetime.fromisoformat(data["now"])})
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -49,6 +61,13 @@ class Split:
 
     train: int
     holdout: int
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "Split":
+        return cls(**data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +79,14 @@ class FittedWindow:
     users: int
     items: int
     examples: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"name": self.name, "users": self.users, "items": self.items, "examples": self.examples}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "FittedWindow":
+        state = FeatureState.from_json(cat.dataset(f"{data['name']}.feature_state").read_text())
+        return cls(state=state, **data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +106,13 @@ class TrainedModel:
         """The saved ``.keras`` file in the model folder."""
         return self.model.location / MODEL_FILE
 
+    def to_record(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "model": self.model.name}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "TrainedModel":
+        return cls(**{**data, "model": cat.dataset(data["model"])})
+
 
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
@@ -86,6 +120,13 @@ class Embeddings:
 
     user: Dataset
     item: Dataset
+
+    def to_record(self) -> dict[str, Any]:
+        return {"user": self.user.name, "item": self.item.name}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "Embeddings":
+        return cls(user=cat.dataset(data["user"]), item=cat.dataset(data["item"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +144,22 @@ class Evaluation:
             out["rating"] = self.rating
         return out
 
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "Evaluation":
+        return cls(**data)
+
+
+def run_counts(ingested: Ingested, split: Split) -> dict[str, Any]:
+    """The night's row counts as recorded in the recommendations manifests and the JSON summary."""
+    return {
+        "events": ingested.events, "train": split.train, "holdout": split.holdout,
+        "quarantined": ingested.quarantined, "quarantined_by_table": ingested.quarantined_by_table,
+        "quarantine_share": ingested.quarantine_share, "source": ingested.source,
+    }
+
 
 @dataclasses.dataclass(frozen=True)
 class NightSummary:
@@ -117,6 +174,8 @@ class NightSummary:
     metrics: dict[str, Evaluation]
     published: dict[str, Location]
     seconds: float
+    run_id: str = ""
+    reused: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready values (``--json``)."""
@@ -126,15 +185,12 @@ class NightSummary:
             "users": self.users,
             "items": self.items,
             "ratings": self.ingested.events,
-            "counts": {
-                "events": self.ingested.events, "train": self.split.train, "holdout": self.split.holdout,
-                "quarantined": self.ingested.quarantined,
-                "quarantined_by_table": self.ingested.quarantined_by_table,
-                "quarantine_share": self.ingested.quarantine_share, "source": self.ingested.source,
-            },
+            "counts": run_counts(self.ingested, self.split),
             "metrics": {name: e.as_dict() for name, e in self.metrics.items()},
             "published": {table: loc.display() for table, loc in self.published.items()},
             "seconds": self.seconds,
+            "run_id": self.run_id,
+            "reused": list(self.reused),
         }
 
     def to_json(self) -> str:
@@ -149,6 +205,8 @@ class NightSummary:
             f"  warehouse: {self.warehouse.display()}",
         ]
         lines += [f"    {table:<28} {loc.display()}" for table, loc in self.published.items()]
+        if self.reused:
+            lines.append(f"  reused from an earlier attempt: {', '.join(self.reused)}")
         for name, result in self.metrics.items():
             k, m, p = result.k, result.model, result.popularity
             lines.append(f"  holdout metrics, model={name} ({m['users']:,} users):")
@@ -160,4 +218,21 @@ class NightSummary:
             if result.rating is not None:
                 r = result.rating
                 lines.append(f"    rating error on {r['rows']:,} holdout rows: RMSE {r['rmse']:.4f}, MAE {r['mae']:.4f}")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """The summary as a Markdown table (the run's Prefect artifact)."""
+        lines = [f"# nightrec ds={self.ds.isoformat()} (run {self.run_id}, {self.seconds}s)", "",
+                 f"{self.users:,} users, {self.items:,} items, {self.ingested.events:,} events "
+                 f"({self.split.train:,} train / {self.split.holdout:,} holdout), "
+                 f"{sum(self.ingested.quarantined.values()):,} quarantined", ""]
+        if self.reused:
+            lines += [f"Reused from an earlier attempt: {', '.join(self.reused)}", ""]
+        lines += ["| model | scorer | recall | nDCG | P | MAP | users |", "|---|---|---|---|---|---|---|"]
+        for name, result in self.metrics.items():
+            for label, row in ((name, result.model), ("popularity", result.popularity)):
+                lines.append(f"| {name} | {label} | {row['recall']:.4f} | {row['ndcg']:.4f} | "
+                             f"{row['precision']:.4f} | {row['map']:.4f} | {row['users']:,} |")
+        lines += ["", "| table | committed partition |", "|---|---|"]
+        lines += [f"| {table} | `{loc.display()}` |" for table, loc in self.published.items()]
         return "\n".join(lines)

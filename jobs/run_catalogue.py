@@ -1,33 +1,24 @@
-"""The run catalogue: every dataset of a nightly run by name, and publishing.
+"""The run catalogue: every dataset of a nightly run by name, and where published tables live.
 
-This module is the only one that knows where a run's data lives. Layout
-under the warehouse root (a ``jobs.storage.Location``: a local folder or any
-URI with a file system)::
+This module and ``jobs.commit`` are the only ones that know where a run's
+data lives. Layout under the warehouse root (a ``jobs.storage.Location``: a
+local folder or any URI with a file system)::
 
     recommendations/ds=YYYY-MM-DD/model=NAME/part-*.parquet    published tables (TABLES)
     user_features/ds=YYYY-MM-DD/…   item_features/…   training_examples/…
     metrics/ds=…/   quarantine/ds=…/   models/ds=…/model=NAME/{model.keras, train.json, …}
-    _work/ds=YYYY-MM-DD/run=ID/<dataset>/                       intermediate data of one run
-    _staging/, _trash/                                          publishing scratch (never read)
+    _work/ds=YYYY-MM-DD/run=ID/<dataset>/                       intermediate data of one night's attempts
+    _staging/, _commits/, _latest/, _versions/, _locks/         the commit protocol (``jobs.commit``)
 
 Intermediate datasets have names (``DATASETS``) such as ``raw.interactions``,
 ``train``, ``eval.examples``, ``full.feature_state``, ``eval.model/NAME`` or
 ``full.embeddings/NAME/user``; ``RunCatalogue.dataset(name)`` returns a
 ``Dataset`` with load, save and ``complete`` (its marker). Published tables
 are addressed as ``recommendations/NAME``, ``user_features``, ``models/NAME``…
-(``RunCatalogue.partition``) and written only by ``publish_dataframe`` /
-``publish_dataset``.
-
-Publishing protocol (Spark's dynamic partition overwrite is neither atomic
-nor marked): the new partition is written completely under ``_staging``,
-``_manifest.json`` and then ``_SUCCESS`` last; the old partition, if any, is
-renamed into ``_trash`` and the staged one renamed into place; then the
-trash is removed. A rename never lands inside an existing folder
-(``Location.move_to`` refuses). A crash before the swap leaves the old
-partition untouched; a crash between the two renames is repaired by
-``recover`` (the next publish of that partition calls it), which puts the
-newest complete copy back. Both files start with '_', so pandas, pyarrow,
-Spark and DuckDB globs over ``*.parquet`` skip them.
+(``RunCatalogue.partition``) and written only by ``jobs.commit.NightCommit``.
+Every published partition holds ``_manifest.json`` and then ``_SUCCESS``;
+both start with '_', so pandas, pyarrow, Spark and DuckDB globs over
+``*.parquet`` skip them.
 """
 
 from __future__ import annotations
@@ -36,8 +27,6 @@ import dataclasses
 import datetime as dt
 import json
 import re
-import uuid
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -90,10 +79,6 @@ _PATTERNS = [
     (re.compile("^" + re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?:{_PARTS[m.group(1)]})", re.escape(p)) + "$"), fmt)
     for p, fmt in DATASETS.items()
 ]
-
-
-class PublishError(RuntimeError):
-    """Publishing could not complete; the previously published data is intact."""
 
 
 class IncompleteDataset(FileNotFoundError):
@@ -213,17 +198,19 @@ class RunCatalogue:
         warehouse: the warehouse root.
         ds: the run date.
         run_id: unique id of this run (scratch data of concurrent runs never mix).
+        work_id: the work folder to use (an earlier attempt's, when this run resumes it; default: ``run_id``).
     """
 
-    def __init__(self, warehouse: Location, ds: dt.date, run_id: str):
+    def __init__(self, warehouse: Location, ds: dt.date, run_id: str, work_id: str | None = None):
         self.warehouse = warehouse
         self.ds = ds
         self.run_id = run_id
+        self.work_id = work_id or run_id
 
     @property
     def work_root(self) -> Location:
         """The run's scratch folder (intermediate datasets, never read downstream)."""
-        return self.warehouse / "_work" / f"ds={self.ds.isoformat()}" / f"run={self.run_id}"
+        return self.warehouse / "_work" / f"ds={self.ds.isoformat()}" / f"run={self.work_id}"
 
     def dataset(self, name: str) -> Dataset:
         """The intermediate dataset ``name`` (see ``DATASETS``)."""
@@ -235,136 +222,9 @@ class RunCatalogue:
         """The published partition of ``table`` for this night."""
         return partition_location(self.warehouse, table, self.ds, **keys)
 
-    def publisher(self) -> "Publisher":
-        return Publisher(self.warehouse)
-
     def remove_work(self) -> None:
         """Delete the run's scratch folder (and the ``_work/ds=…`` folder when no other run uses it)."""
         self.work_root.delete()
         day = self.work_root.parent
         if day.exists() and not day.names():
             day.delete()
-
-
-class Publisher:
-    """Atomic, idempotent publishing of partitions under one warehouse root."""
-
-    def __init__(self, warehouse: Location):
-        self.warehouse = warehouse
-
-    @staticmethod
-    def is_published(partition: Location) -> bool:
-        """True when the partition carries its success marker."""
-        return (partition / SUCCESS_MARKER).exists()
-
-    def read_manifest(self, partition: Location) -> dict:
-        if not self.is_published(partition):
-            raise FileNotFoundError(f"{partition.display()} is not a published partition (no {SUCCESS_MARKER})")
-        return json.loads((partition / MANIFEST).read_text())
-
-    def _scratch(self, kind: str, partition: Location) -> Location:
-        """A fresh ``_staging``/``_trash`` folder of ``partition`` (the parent groups its copies)."""
-        return self._scratch_parent(kind, partition) / uuid.uuid4().hex
-
-    def _scratch_parent(self, kind: str, partition: Location) -> Location:
-        return self.warehouse / kind / partition.relative_to(self.warehouse)
-
-    def recover(self, partition: Location) -> None:
-        """Repair a crash between the two renames of a publish of ``partition``."""
-        if self.is_published(partition):
-            return
-        for candidate in reversed(self._scratch_parent("_trash", partition).list()):
-            if self.is_published(candidate):
-                partition.delete()
-                candidate.move_to(partition)
-                return
-
-    def publish(self, partition: Location, write: Callable[[Location], Any], manifest: Mapping[str, Any]) -> dict:
-        """Write a partition with ``write(staging)`` and swap it in atomically.
-
-        Args:
-            partition: from ``RunCatalogue.partition``.
-            write: writes the partition's data files into the folder it is given.
-            manifest: JSON-serialisable facts; the schema version and publish time are added.
-
-        Returns:
-            The manifest as written.
-        """
-        self.recover(partition)
-        staging = self._scratch("_staging", partition)
-        try:
-            write(staging)
-            staging.mkdirs()
-            (staging / SUCCESS_MARKER).delete()  # Spark's own marker: ours goes last
-            full = {
-                "schema_version": SCHEMA_VERSION,
-                **manifest,
-                "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-            (staging / SUCCESS_MARKER).write_text("")
-        except Exception:
-            staging.delete()
-            raise
-        trash = None
-        if partition.exists():
-            trash = self._scratch("_trash", partition)
-            partition.move_to(trash)
-        try:
-            staging.move_to(partition)
-        except Exception as exc:
-            raise PublishError(f"could not move the staged copy of {partition.display()} into place: {exc}") from exc
-        if trash is not None:
-            trash.delete()
-        return full
-
-    def publish_dataframe(
-        self,
-        df: DataFrame,
-        partition: Location,
-        manifest: Mapping[str, Any],
-        *,
-        sort_by: tuple[str, ...] = (),
-        rows_per_file: int = 2_000_000,
-        side_files: Mapping[str, str] | None = None,
-    ) -> dict:
-        """Publish a DataFrame as the Parquet files of one partition.
-
-        Adds ``row_count`` and ``columns`` to the manifest. Rows are range-
-        partitioned and sorted by ``sort_by`` so that files are ordered.
-        ``side_files`` ({name: text}) are written beside the data; name them
-        with a leading ``_`` so that Parquet readers skip them.
-        """
-        df = df.cache()
-        try:
-            rows = df.count()
-            n_files = max(1, -(-rows // rows_per_file))
-            out = df.repartitionByRange(n_files, *sort_by).sortWithinPartitions(*sort_by) if sort_by \
-                else df.coalesce(n_files)
-            columns = [{"name": f.name, "type": f.dataType.simpleString()} for f in df.schema.fields]
-
-            def write(staging: Location) -> None:
-                out.write.mode("overwrite").parquet(staging.uri)
-                for name, text in (side_files or {}).items():
-                    (staging / name).write_text(text)
-
-            return self.publish(partition, write, {**manifest, "row_count": rows, "columns": columns})
-        finally:
-            df.unpersist()
-
-    def publish_dataset(self, dataset: Dataset, partition: Location, manifest: Mapping[str, Any],
-                        beside: Mapping[str, Dataset] | None = None) -> dict:
-        """Publish a complete folder dataset (e.g. a saved model) as one partition, its files copied as they are.
-
-        ``beside`` ({folder name: dataset}) adds other complete datasets as sub-folders (e.g. a model's
-        embedding tables as ``user_embeddings.parquet/``).
-        """
-        for part in (dataset, *(beside or {}).values()):
-            part._require()
-
-        def write(staging: Location) -> None:
-            dataset.location.copy_to(staging)
-            for name, part in (beside or {}).items():
-                part.location.copy_to(staging / name)
-
-        return self.publish(partition, write, manifest)

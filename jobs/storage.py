@@ -15,6 +15,7 @@ This module imports only pyarrow, so ``models/`` uses it too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -27,6 +28,29 @@ import pyarrow.fs as pafs
 _PYARROW_SCHEMES = {"s3a": "s3", "s3n": "s3"}
 #: File systems opened in this process, by (scheme, authority), with the prefix of their paths.
 _FILESYSTEMS: dict[tuple[str, str], tuple[pafs.FileSystem, str]] = {}
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+
+
+def _renameat2(src: str, dst: str, flags: int, *, what: str) -> bool:
+    """Linux ``renameat2``; True when done, False when this system has no such call (nothing changed)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = getattr(libc, "renameat2", None)
+    if call is None:
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL):  # the kernel or the file system does not support the flag
+        return False
+    if err == errno.EEXIST:
+        raise StorageError(f"cannot rename {src} to {dst}: the destination exists")
+    raise StorageError(f"cannot {what} {src} and {dst}: {os.strerror(err)}")
 
 
 class StorageError(OSError):
@@ -259,14 +283,50 @@ class Location:
         """Rename this file or folder to ``destination``, which must not exist.
 
         Refusing an existing destination matters: Hadoop's rename onto an
-        existing folder moves the source *inside* it.
+        existing folder moves the source *inside* it. On a local disk the
+        refusal is atomic (``renameat2`` with RENAME_NOREPLACE), so of two
+        processes racing for one destination exactly one wins; elsewhere it is
+        checked just before the rename.
         """
-        if destination.exists():
-            raise StorageError(f"cannot rename {self.display()} to {destination.display()}: the destination exists")
         if not self.exists():
             raise StorageError(f"cannot rename {self.display()}: it does not exist")
         destination.parent.mkdirs()
+        if self.is_local and destination.is_local and _renameat2(self.local_path, destination.local_path,
+                                                                 _RENAME_NOREPLACE, what="rename"):
+            return
+        if destination.exists():
+            raise StorageError(f"cannot rename {self.display()} to {destination.display()}: the destination exists")
         self.fs.move(self.path, destination.path)
+
+    def swap_with(self, other: "Location") -> bool:
+        """Exchange this folder and ``other`` in one atomic step, where the file system can (a local disk).
+
+        Returns:
+            True when swapped atomically; False when this file system cannot, and nothing was changed.
+        """
+        if not (self.is_local and other.is_local):
+            return False
+        return _renameat2(self.local_path, other.local_path, _RENAME_EXCHANGE, what="swap")
+
+    def create_exclusive(self, text: str) -> bool:
+        """Create this file with ``text`` unless it exists; True when this call created it.
+
+        Atomic on a local disk (``O_CREAT | O_EXCL``): of two processes, exactly one creates it. Other
+        file systems are checked just before writing (object stores have no exclusive create).
+        """
+        self.parent.mkdirs()
+        if self.is_local:
+            try:
+                fd = os.open(self.local_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return True
+        if self.exists():
+            return False
+        self.write_text(text)
+        return True
 
     def copy_to(self, destination: "Location") -> None:
         """Copy this file, or this folder's contents, to ``destination`` (any file system; folders created,

@@ -40,7 +40,7 @@ from jobs.sources.movielens import (
     load_movielens_100k,
     load_movielens_latest,
 )
-from jobs.sources.spec import SourceKind, SourceSpec, load_source
+from jobs.sources.spec import SourceKind, SourceSpec, load_source, source_fingerprint
 from jobs.validate import SourceError
 
 __all__ = [
@@ -63,4 +63,5 @@ __all__ = [
     "load_movielens_latest",
     "load_source",
     "load_synthetic",
+    "source_fingerprint",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Literal, get_args
 
 from pyspark.sql import SparkSession
@@ -10,7 +12,12 @@ from pyspark.sql import SparkSession
 from jobs.sources.canonical import SourceTables
 from jobs.sources.files import FilesSource, load_files
 from jobs.sources.generated import load_synthetic
-from jobs.sources.movielens import load_movielens_1m, load_movielens_100k, load_movielens_latest
+from jobs.sources.movielens import (
+    load_movielens_1m,
+    load_movielens_100k,
+    load_movielens_latest,
+)
+from jobs.storage import Location
 from jobs.synthetic import SyntheticSpec
 
 SourceKind = Literal["synthetic", "movielens_100k", "movielens_1m", "movielens_latest", "files"]
@@ -53,3 +60,27 @@ def load_source(spark: SparkSession, spec: SourceSpec) -> SourceTables:
     if spec.kind == "files":
         return load_files(spark, spec.files)
     return load_synthetic(spark, spec.synthetic)
+
+
+def source_fingerprint(spec: SourceSpec) -> dict:
+    """What identifies the data a run read: for file sources every data file's path, size and modification
+    time; for the synthetic source its spec (the data is a function of it).
+
+    A rerun that finds the same fingerprint (and config) may reuse the steps an earlier attempt finished.
+
+    Returns:
+        {"kind", "digest" (sha256 of the rest, 16 hex digits), "files" or "synthetic"}.
+    """
+    if spec.kind == "synthetic":
+        detail: dict = {"synthetic": {k: str(v) for k, v in dataclasses.asdict(spec.synthetic).items()}}
+    else:
+        roots = [Location(spec.path)] if spec.kind in _MOVIELENS else \
+            [t.location for t in (spec.files.interactions, spec.files.users, spec.files.items) if t is not None]
+        files = []
+        for root in roots:
+            for loc in root.files():
+                info = loc.fs.get_file_info(loc.path)
+                files.append({"uri": loc.uri, "size": int(info.size or 0), "mtime_ns": int(info.mtime_ns or 0)})
+        detail = {"files": files}
+    digest = hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()[:16]
+    return {"kind": spec.kind, "digest": digest, **detail}

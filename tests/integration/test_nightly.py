@@ -215,3 +215,22 @@ def test_two_stage_model_ranks_only_the_retrievers_candidates(multi_run):
         # float32 vs float64: allow the boundary candidate to differ
         assert set(rows.item_id) <= set(items[top[:13]]), user
     assert summary["metrics"]["reranked"]["model"]["users"] > 0
+
+
+def test_the_run_leaves_a_summary_and_links_to_its_tables_as_prefect_artifacts(run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    warehouse, _, summary = run
+
+    async def read(keys):
+        async with get_client() as client:
+            return await client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+
+    found = {a.key: a for a in asyncio.run(read(["nightrec-summary", "nightrec-recommendations-two-tower"]))}
+    assert f"# nightrec ds={DS}" in found["nightrec-summary"].data
+    assert "| two_tower | popularity |" in found["nightrec-summary"].data
+    assert found["nightrec-recommendations-two-tower"].data == \
+        "file://" + str(warehouse / "recommendations" / f"ds={DS}" / "model=two_tower")

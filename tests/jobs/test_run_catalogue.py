@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from jobs import run_catalogue as rc
-from jobs.storage import Location, StorageError
+from jobs.storage import Location
 
 DS = dt.date(2024, 1, 2)
 
@@ -69,86 +69,3 @@ def test_datasets_know_when_they_are_complete(spark, tmp_path):
         state.load(spark)
     cat.remove_work()
     assert not (tmp_path / "_work" / "ds=2024-01-02").exists()
-
-
-def test_publish_writes_data_then_manifest_and_marker(spark, tmp_path):
-    root = Location(str(tmp_path))
-    pub = rc.Publisher(root)
-    final = rc.partition_location(root, "metrics", DS)
-    df = spark.createDataFrame([(3, "c"), (1, "a"), (2, "b")], "n int, s string")
-    manifest = pub.publish_dataframe(df, final, {"model": "x"}, sort_by=("n",), side_files={"_extra.json": "{}"})
-    assert manifest["row_count"] == 3 and manifest["model"] == "x"
-    assert manifest["columns"] == [{"name": "n", "type": "int"}, {"name": "s", "type": "string"}]
-    assert {rc.SUCCESS_MARKER, rc.MANIFEST, "_extra.json"} <= set(final.names())
-    on_disk = json.loads((final / rc.MANIFEST).read_text())
-    assert on_disk["row_count"] == 3 and on_disk["schema_version"] == rc.SCHEMA_VERSION
-    # Plain readers see only the data files, sorted.
-    assert pd.read_parquet(final.local_path).n.tolist() == [1, 2, 3]
-    assert (root / "_staging/metrics/ds=2024-01-02").names() == []
-
-
-@pytest.fixture(params=["local", "mock"])
-def root(request, tmp_path):
-    return Location(str(tmp_path / "w")) if request.param == "local" else Location(f"mock:///{tmp_path.name}")
-
-
-def _writer(*values):
-    def write(staging: Location) -> None:
-        (staging / "data.txt").write_text(",".join(values))
-    return write
-
-
-def test_republish_replaces_and_a_failed_publish_keeps_the_old(root):
-    pub = rc.Publisher(root)
-    final = rc.partition_location(root, "metrics", DS)
-    pub.publish(final, _writer("1"), {})
-    pub.publish(final, _writer("7", "8"), {})
-    assert (final / "data.txt").read_text() == "7,8"
-
-    def crash(staging):
-        _writer("99")(staging)
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        pub.publish(final, crash, {})
-    assert (final / "data.txt").read_text() == "7,8" and pub.is_published(final)
-    assert (root / "_staging/metrics/ds=2024-01-02").names() == []  # the failed staging copy is gone
-    assert (root / "_trash/metrics/ds=2024-01-02").names() == []
-
-
-def test_recover_restores_the_partition_after_a_crash_between_the_renames(root):
-    pub = rc.Publisher(root)
-    final = rc.partition_location(root, "metrics", DS)
-    pub.publish(final, _writer("5"), {})
-    final.move_to(pub._scratch("_trash", final))  # the crash: old copy in the trash, new one never moved
-    assert not pub.is_published(final)
-    pub.recover(final)
-    assert pub.is_published(final) and (final / "data.txt").read_text() == "5"
-
-
-def test_a_rename_never_lands_inside_an_existing_partition(root):
-    (root / "elsewhere/x").write_text("1")
-    final = rc.partition_location(root, "metrics", DS)
-    (final / "old").write_text("0")
-    with pytest.raises(StorageError, match="destination exists"):
-        (root / "elsewhere").move_to(final)
-    assert final.names() == ["old"]
-
-
-def test_read_manifest_refuses_unpublished(tmp_path):
-    pub = rc.Publisher(Location(str(tmp_path)))
-    with pytest.raises(FileNotFoundError, match="not a published partition"):
-        pub.read_manifest(Location(str(tmp_path / "metrics" / "ds=2024-01-01")))
-
-
-def test_publish_dataset_copies_a_complete_folder(root):
-    cat = rc.RunCatalogue(root, DS, "r1")
-    model = cat.dataset("full.model/mf")
-    (model.location / "model.keras").write_bytes(b"weights")
-    with pytest.raises(rc.IncompleteDataset):
-        cat.publisher().publish_dataset(model, cat.partition("models", model="mf"), {})
-    model.mark_complete()
-    manifest = cat.publisher().publish_dataset(model, cat.partition("models", model="mf"), {"model": "mf"})
-    final = cat.partition("models", model="mf")
-    assert (final / "model.keras").read_bytes() == b"weights"
-    assert json.loads((final / rc.MANIFEST).read_text())["model"] == manifest["model"] == "mf"

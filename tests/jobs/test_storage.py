@@ -123,3 +123,42 @@ def test_a_failed_write_block_uploads_nothing(root):
 def test_unknown_scheme_names_the_location():
     with pytest.raises(StorageError, match="nosuch://x/y: no file system for scheme 'nosuch'"):
         Location("nosuch://x/y").exists()
+
+
+def test_swap_exchanges_two_local_folders_atomically(tmp_path):
+    a, b = Location(str(tmp_path / "a")), Location(str(tmp_path / "b"))
+    (a / "x").write_text("A")
+    (b / "y").write_text("B")
+    assert a.swap_with(b)
+    assert a.names() == ["y"] and b.names() == ["x"]
+    assert not Location("mock:///s/a").swap_with(Location("mock:///s/b"))  # no atomic swap there: nothing done
+
+
+def test_of_two_racing_renames_onto_one_name_exactly_one_wins(tmp_path):
+    import concurrent.futures
+
+    root = Location(str(tmp_path))
+    for n in range(8):
+        (root / f"staged{n}/part").write_text(str(n))
+    target = root / "final"
+
+    def attempt(n):
+        try:
+            (root / f"staged{n}").move_to(target)
+            return n
+        except StorageError:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        winners = [n for n in pool.map(attempt, range(8)) if n is not None]
+    assert len(winners) == 1
+    assert target.names() == ["part"] and (target / "part").read_text() == str(winners[0])  # nothing nested
+
+
+@pytest.mark.parametrize("where", ["local", "mock"])
+def test_create_exclusive(where, tmp_path):
+    root = Location(str(tmp_path)) if where == "local" else Location(f"mock:///{tmp_path.name}")
+    lock = root / "locks/a.json"
+    assert lock.create_exclusive("first")
+    assert not lock.create_exclusive("second")
+    assert lock.read_text() == "first"
