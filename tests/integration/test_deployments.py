@@ -21,6 +21,8 @@ from jobs.storage import Location
 from tests.fixtures.tiny_night import SMALL
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+NIGHTREC = [sys.executable, "-m", "flows.cli"]  # this checkout's command line (run from ROOT)
 DATES = ("2024-03-29", "2024-03-30", "2024-03-31")
 SCHEDULE = {"cron": "15 4 * * *", "timezone": "Europe/Berlin"}
 
@@ -109,7 +111,7 @@ def test_serve_deploy_and_the_backfill_deployment(server, tmp_path):
     config.write_text(yaml.safe_dump({**SMALL, "warehouse": str(warehouse), "schedule": SCHEDULE}))
 
     # nightrec serve: the nightly flow on the configured schedule, served from this machine
-    serving = subprocess.Popen([str(BIN / "nightrec"), "serve", "--config", str(config)], env=env,
+    serving = subprocess.Popen([*NIGHTREC, "serve", "--config", str(config)], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         schedule = _wait_for(lambda: _schedule_of(url, "nightrec-nightly/nightly"), "the served deployment", 180)
@@ -120,14 +122,14 @@ def test_serve_deploy_and_the_backfill_deployment(server, tmp_path):
     # a process work pool, nightrec deploy, a worker
     subprocess.run([str(BIN / "prefect"), "work-pool", "create", "nightrec-test", "--type", "process"], env=env,
                    check=True, capture_output=True, timeout=120)
-    deployed = subprocess.run([str(BIN / "nightrec"), "deploy", "--work-pool", "nightrec-test", "--config",
-                               str(config)], env=env, capture_output=True, text=True, timeout=300)
+    deployed = subprocess.run([*NIGHTREC, "deploy", "--work-pool", "nightrec-test", "--config", str(config)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     assert "deployment nightly:" in deployed.stdout and "deployment backfill:" in deployed.stdout
     schedule = _schedule_of(url, "nightrec-nightly/nightly")
     assert (schedule.cron, schedule.timezone) == (SCHEDULE["cron"], SCHEDULE["timezone"])
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "nightrec-test"], env=env,
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
         first = _run_backfill(url)
