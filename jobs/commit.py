@@ -313,7 +313,8 @@ def recover(warehouse: Location, log: Callable[[str], None] = print) -> list[str
                 continue
             record = json.loads(intent.read_text())
             try:
-                with RunLock(warehouse, f"ds={record['ds']}", f"recovery-{os.getpid()}-{threading.get_ident()}", lease_s=120):
+                with RunLock(warehouse, f"ds={record['ds']}", f"recovery-{os.getpid()}-{threading.get_ident()}",
+                             lease_s=120, log=log):
                     if not intent.exists():
                         continue
                     _complete(warehouse, record, lambda step: None, keep_versions=3)

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -84,15 +85,16 @@ class RunLock:
         run_id: the holder's run id (written in the lock).
         lease_s: how long a lease lasts without renewal; a killed run's lock is free after it.
         wait_s: how long ``acquire`` waits for a live holder to let go (0: refuse at once).
-        log: receives a line when a stale lock is taken over.
+        log: receives a line when a stale lock is taken over (default: stderr).
     """
 
     def __init__(self, warehouse: Location, name: str, run_id: str, *, lease_s: float = 120.0,
-                 wait_s: float = 0.0, log: Callable[[str], None] = print):
+                 wait_s: float = 0.0, log: Callable[[str], None] | None = None):
         if lease_s <= 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
         self.location = lock_location(warehouse, name)
-        self.name, self.run_id, self.lease_s, self.wait_s, self.log = name, run_id, lease_s, wait_s, log
+        self.name, self.run_id, self.lease_s, self.wait_s = name, run_id, lease_s, wait_s
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.started_at = _now().isoformat(timespec="seconds")
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None

@@ -15,7 +15,7 @@ from tests.fixtures.tiny_night import DS, K, TINY, events_through_ds, run_nightl
 @pytest.fixture(scope="module")
 def run(spark, prefect_server, tmp_path_factory):
     """The default run, with the warehouse given as a file:// URI."""
-    warehouse = tmp_path_factory.mktemp("warehouse")
+    warehouse = tmp_path_factory.mktemp("night") / "warehouse"
     config = {**TINY, "warehouse": "file://" + str(warehouse)}
     return warehouse, config, run_nightly(config)
 
@@ -234,3 +234,20 @@ def test_the_run_leaves_a_summary_and_links_to_its_tables_as_prefect_artifacts(r
     assert "| two_tower | popularity |" in found["nightrec-summary"].data
     assert found["nightrec-recommendations-two-tower"].data == \
         "file://" + str(warehouse / "recommendations" / f"ds={DS}" / "model=two_tower")
+
+
+def test_the_readmes_reading_snippets_run_on_the_published_warehouse(run, capsys):
+    """Every Python snippet of README.md, Spark's included, as written but for the night's date and the
+    warehouse's place (Spark's JVM resolves relative paths against its own working directory)."""
+    import re
+    from pathlib import Path
+
+    warehouse, _, _ = run
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert any("SparkSession.builder.getOrCreate()" in b for b in blocks)
+    for block in blocks:
+        code = re.sub(r"\d{4}-\d{2}-\d{2}", DS, block).replace("warehouse/", f"{warehouse}/")
+        exec(compile(code, "<README snippet>", "exec"), {"__name__": "__snippet__"})
+        out = capsys.readouterr().out
+        assert out.strip() and "False" not in out, f"the snippet printed {out!r}:\n{block}"
