@@ -95,7 +95,7 @@ class ALSFactors:
         return self._table(self.model.itemFactors, self.items, "item", _ITEM)
 
     def predict(self, pairs: DataFrame) -> DataFrame:
-        """``pairs`` (DataFrame[user_id, item_id, ...]) with ``prediction``: x_u . y_i (null where ALS has no factors)."""
+        """``pairs`` (DataFrame[user_id, item_id, ...]) with ``prediction`` = x_u . y_i (null: ALS has no factors)."""
         indexed = pairs.join(self.users, on="user_id", how="left").join(self.items, on="item_id", how="left")
         scored = self.model.transform(indexed.where(
             F.col(_USER).isNotNull() & F.col(_ITEM).isNotNull()))

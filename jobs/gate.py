@@ -95,7 +95,8 @@ def gate_decision(*, model: str, value: float | None, popularity: float | None, 
         if figure is not None and not math.isfinite(figure):
             raise ValueError(f"{name} is {figure}, expected a finite figure or None")
     figure = f"{LABELS.get(metric, metric)}@{k}"
-    fields = dict(model=model, figure=figure, value=value, popularity=popularity, previous=previous, users=users)
+    fields = {"model": model, "figure": figure, "value": value, "popularity": popularity, "previous": previous,
+              "users": users}
     if value is None or users < min_users:
         size = f"{users:,} user{'s' if users != 1 else ''} with relevant items"
         why = f"the holdout has {size}, fewer than the {min_users:,} required" if users < min_users \
@@ -110,8 +111,8 @@ def gate_decision(*, model: str, value: float | None, popularity: float | None, 
     head = f"{model} {figure} {_fmt(value)}"
     if reasons:
         return GateDecision(status=HELD_BACK, message=f"{head} {' and '.join(reasons)}", **fields)
-    checks = [f"is not below popularity's {_fmt(popularity)}" if popularity is not None
-              else "has no popularity figure beside it",
-              f"is not more than {100 * margin:g}% below the last committed night's {_fmt(previous)}" if previous is not None
-              else "has no committed night before it"]
-    return GateDecision(status=PUBLISH, message=f"{head} {checks[0]} and {checks[1]}", **fields)
+    against_popularity = (f"is not below popularity's {_fmt(popularity)}" if popularity is not None
+                          else "has no popularity figure beside it")
+    against_previous = (f"is not more than {100 * margin:g}% below the last committed night's {_fmt(previous)}"
+                        if previous is not None else "has no committed night before it")
+    return GateDecision(status=PUBLISH, message=f"{head} {against_popularity} and {against_previous}", **fields)

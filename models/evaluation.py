@@ -109,7 +109,7 @@ class RatingHoldout:
 
 
 def _list_positions(catalogue: SideTable, column: pa.Array) -> list[np.ndarray]:
-    """A list<item id> column -> per row the catalogue positions of its ids, in list order (-1: not in the catalogue)."""
+    """A list<item id> column -> per row the catalogue positions of its ids, in list order (-1: not there)."""
     offsets, values = list_offsets(column)
     positions = catalogue.positions(pa.array(values, type=catalogue.ids.type)) if len(values) else \
         np.zeros(0, np.int64)
@@ -158,7 +158,7 @@ class RankingHoldout:
         return int((self.n_relevant > 0).sum())
 
     @classmethod
-    def from_table(cls, table: Location, item_features: Location, spec, *, k: int = 10) -> "RankingHoldout":
+    def from_table(cls, table: Location, item_features: Location, spec, *, k: int = 10) -> RankingHoldout:
         """The holdout of ``jobs.evaluate.ranking_holdout``: the figure is the one the night publishes.
 
         Args:
@@ -198,7 +198,7 @@ class RankingHoldout:
 
     @classmethod
     def from_examples(cls, holdout: Location, train: Location, item_features: Location, spec, *, k: int = 10,
-                      max_users: int = 2000, seed: int = 0) -> "RankingHoldout":
+                      max_users: int = 2000, seed: int = 0) -> RankingHoldout:
         """The holdout of feature-joined holdout examples: every user ranked by the model.
 
         Only users and items with feature rows are in feature-joined examples,

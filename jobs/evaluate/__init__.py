@@ -40,7 +40,14 @@ from jobs.evaluate.slices import (
     slice_pairs,
     user_slices,
 )
-from jobs.evaluate.table import METRICS_TABLE_KEY, METRICS_TABLE_SCHEMA, MetricRow, metric_rows, metrics_frame, metrics_table
+from jobs.evaluate.table import (
+    METRICS_TABLE_KEY,
+    METRICS_TABLE_SCHEMA,
+    MetricRow,
+    metric_rows,
+    metrics_frame,
+    metrics_table,
+)
 
 __all__ = [
     "ALL",
@@ -53,11 +60,11 @@ __all__ = [
     "METRICS",
     "METRICS_TABLE_KEY",
     "METRICS_TABLE_SCHEMA",
-    "MetricRow",
     "RANKING_METRICS",
     "RATING_METRICS",
     "WARM_ITEMS",
     "WARM_USERS",
+    "MetricRow",
     "activity_buckets",
     "beyond_accuracy",
     "item_genres",

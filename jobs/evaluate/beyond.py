@@ -85,7 +85,8 @@ def beyond_accuracy(recs: DataFrame, *, train: DataFrame, catalogue: DataFrame, 
         .select(F.coalesce("c", F.lit(0)).alias("c"))
     ordered = exposure.withColumn("r", F.row_number().over(Window.orderBy("c")))
     frames = [
-        exposure.agg((F.sum((F.col("c") > 0).cast("long")) / F.lit(m)).alias("value")).withColumn("metric", F.lit("coverage")),
+        exposure.agg((F.sum((F.col("c") > 0).cast("long")) / F.lit(m)).alias("value"))
+        .withColumn("metric", F.lit("coverage")),
         slots.agg(F.avg(-F.log2(F.greatest(F.col("n"), F.lit(1)) / F.lit(max(total, 1)))).alias("value"))
         .withColumn("metric", F.lit("novelty")),
         slots.agg(F.avg("pct").alias("value")).withColumn("metric", F.lit("popularity_bias")),

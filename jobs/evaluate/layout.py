@@ -19,7 +19,8 @@ EVALUATION_COLUMNS = ("slice", "metric", "k", "value", "users")
 
 
 def long_form(wide: DataFrame, metrics: Sequence[str]) -> DataFrame:
-    """DataFrame[slice, k, users, one column per metric] -> DataFrame[slice, metric, k: int, value: double, users: long]."""
+    """DataFrame[slice, k, users, one column per metric] -> DataFrame[slice, metric, k: int, value: double,
+    users: long]."""
     row = F.explode(F.array(*[F.struct(F.lit(m).alias("metric"), F.col(m).cast("double").alias("value"))
                               for m in metrics])).alias("_r")
     return wide.select("slice", "k", "users", row).select(

@@ -5,14 +5,13 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from pyspark.sql import functions as F
 
 from jobs import embeddings, scoring
 from jobs.als import ALSSettings, als_input, train_als
 from jobs.storage import Location
 
-T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 # Users "u1".."u4" (string ids), items 101..104 (bigint): u1, u2 like 101/102, u3, u4 like 103/104.
 RATED = [("u1", 101, 5.0), ("u1", 102, 4.0), ("u2", 101, 4.0), ("u2", 102, 5.0), ("u2", 103, 1.0),
          ("u3", 103, 5.0), ("u3", 104, 4.0), ("u4", 104, 5.0), ("u4", 103, 4.0), ("u4", 101, 1.0)]

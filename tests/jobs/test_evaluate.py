@@ -115,7 +115,7 @@ def _numpy_graded_ndcg(recs: list, relevant: list, ratings: list, k: int) -> flo
 
 def test_graded_ndcg_agrees_with_numpy_and_pyspark_ignores_relevance(spark):
     recs, truth, ratings = _random_case(seed=5, users=25)
-    frame = lambda graded: evaluate.per_user_ranking(  # noqa: E731
+    frame = lambda graded: evaluate.per_user_ranking(
         spark.createDataFrame([(u, r, i) for u, items in recs.items() for r, i in enumerate(items, 1)],
                               "user_id int, rank int, item_id int"),
         spark.createDataFrame([(u, i, g) for u in truth for i, g in zip(truth[u], ratings[u])],

@@ -4,7 +4,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from models.evaluation import ClickHoldout, RankingHoldout, RatingHoldout, ranking_metrics
+from models.evaluation import (
+    ClickHoldout,
+    RankingHoldout,
+    RatingHoldout,
+    ranking_metrics,
+)
 from models.registry import load_model
 from models.settings import TrainSettings
 from models.train import train_model
@@ -128,7 +133,7 @@ def test_click_holdout_auc_and_log_loss_against_numpy(root):
     negative = matrix[click.negative_rows, click.negative_items]
     pairs = positive[:, None] - negative[None, :]
     auc = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
-    sigmoid = lambda s: 1 / (1 + np.exp(-s))  # noqa: E731
+    sigmoid = lambda s: 1 / (1 + np.exp(-s))
     loss = -(np.log(sigmoid(positive)).sum() + np.log(1 - sigmoid(negative)).sum()) / (positive.size + negative.size)
     assert (got["positives"], got["negatives"]) == (len(users), len(negative))
     assert got["auc"] == pytest.approx(auc, abs=1e-6)

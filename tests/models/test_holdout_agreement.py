@@ -21,7 +21,7 @@ from models.settings import TrainSettings
 from models.train import train_model
 
 K = 4
-CUTOFF = dt.datetime(2024, 2, 1, tzinfo=dt.timezone.utc)
+CUTOFF = dt.datetime(2024, 2, 1, tzinfo=dt.UTC)
 
 
 def _events(seed: int = 0):
