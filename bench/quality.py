@@ -372,7 +372,7 @@ def warm_movielens(spark, args, work: str, log) -> list[dict]:
     catalogue = side_table(pf.item_features, pf.spec["item"], "item_id")
     seen = seen_lists(pf.examples, users, catalogue)
     truth = evaluate.relevant_items(test, train).cache()
-    val_rank = RankingHoldout(loc(pv.heldout_examples), loc(pv.examples), loc(pv.item_features), pv.spec, k=K,
+    val_rank = RankingHoldout.from_examples(loc(pv.heldout_examples), loc(pv.examples), loc(pv.item_features), pv.spec, k=K,
                               max_users=10 ** 6)
     rows = []
 

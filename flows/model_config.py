@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from jobs.als import ALSSettings
 from models.kinds import (
     FACTORISED_KINDS,
     KINDS,
@@ -20,6 +21,7 @@ from models.kinds import (
     LOSSES,
     NEGATIVE_SAMPLERS,
     OBJECTIVES,
+    SPARK_ALS,
     TWO_STAGE_PARAMS,
     applicable,
     kinds_with,
@@ -28,6 +30,7 @@ from models.kinds import (
 from models.settings import TrainSettings
 
 _TRAIN = TrainSettings()
+_ALS = ALSSettings()
 #: TrainSettings fields the config does not set: they come from the run (``train_settings``).
 _FROM_RUN = {"seed", "eval_k", "eval_max_users", "loss"}
 
@@ -86,6 +89,9 @@ class ModelConfig(Section):
     history_dropout: float = Field(0.0, ge=0, lt=1)
     mask_history: bool = _TRAIN.mask_history
     user_weight_power: float = Field(_TRAIN.user_weight_power, ge=0, le=1)
+    max_iter: int = Field(_ALS.max_iter, ge=1)
+    reg_param: float = Field(_ALS.reg_param, ge=0)
+    alpha: float = Field(_ALS.alpha, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -127,7 +133,7 @@ class ModelConfig(Section):
     def _applicable_keys_only(self, handler) -> dict[str, Any]:
         """Dump only the keys that apply to this kind, objective and loss, so a dump parses again."""
         data = handler(self)
-        allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
+        allowed = applicable(self.kind, self.resolved_loss, self.objective) | {"name", "kind"}
         if self.objective == "rating":
             allowed = allowed - {"loss"}
         if self.retrieve_with is None:
@@ -144,8 +150,12 @@ class ModelConfig(Section):
         if self.kind == "item_item" and self.history_max_len < 1:
             raise ValueError(f"model '{self.name}': kind item_item represents each user by their history; "
                              "history_max_len must be >= 1 (default 200)")
-        allowed = applicable(self.kind, self.resolved_loss) | {"name", "kind"}
+        allowed = applicable(self.kind, self.resolved_loss, self.objective) | {"name", "kind"}
         for key in sorted(self.model_fields_set - allowed):
+            if not KINDS[self.kind].keras:
+                raise ValueError(
+                    f"model '{self.name}': key '{key}' does not apply to kind {self.kind} with objective "
+                    f"{self.objective} (it takes {', '.join(sorted(allowed - {'name', 'kind'}))}); remove it")
             kinds = kinds_with(key)
             if key in TWO_STAGE_PARAMS:
                 raise ValueError(
@@ -185,8 +195,14 @@ class ModelConfig(Section):
                 raise ValueError(f"model '{self.name}': '{key}' needs at least one layer for kind {self.kind}")
         return self
 
+    def _keras_only(self, what: str) -> None:
+        if not KINDS[self.kind].keras:
+            raise ValueError(f"model '{self.name}': kind {self.kind} is trained in Spark, not by models.train: "
+                             f"it has no {what}; use als_settings()")
+
     def model_params(self) -> dict[str, Any]:
         """The kind's own hyper-parameters (for ``models.registry.build_model``)."""
+        self._keras_only("Keras model parameters")
         keys = KINDS[self.kind].params | {"embedding_dim", "l2"}
         params = {key: getattr(self, key) for key in sorted(keys)}
         if params.get("crosses") is None:
@@ -195,10 +211,19 @@ class ModelConfig(Section):
 
     def train_settings(self, *, seed: int, eval_k: int, epochs: int | None = None) -> TrainSettings:
         """How to train this model (``models.train.train_model``); ``epochs`` overrides the configured maximum."""
+        self._keras_only("Keras training settings")
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings) if f.name not in _FROM_RUN}
         if epochs is not None:
             given["epochs"] = epochs
         return TrainSettings(**given, loss=self.resolved_loss, seed=seed, eval_k=eval_k)
+
+    def als_settings(self, *, seed: int) -> ALSSettings:
+        """How to train a model of kind ``als`` (``jobs.als.train_als``): rank = ``embedding_dim``."""
+        if KINDS[self.kind].family != SPARK_ALS:
+            raise ValueError(f"model '{self.name}': als_settings is for kind als, not {self.kind}; "
+                             "use train_settings() and model_params()")
+        return ALSSettings(objective=self.objective, rank=self.embedding_dim, max_iter=self.max_iter,
+                           reg_param=self.reg_param, alpha=self.alpha, seed=seed)
 
     def scoring_mode(self) -> str:
         """How this model's recommendations are selected (for the manifest)."""

@@ -25,6 +25,14 @@ PROBLEM_COL = "_problem"
 #: Columns of the quarantine table.
 QUARANTINE_COLUMNS = ("table", "reason", "raw")
 
+#: Columns of the ranking holdout table (``jobs.evaluate.ranking_holdout``, read by
+#: ``models.evaluation.RankingHoldout.from_table``) besides the user feature columns: the user, how it is
+#: scored ("model", "features" or "popularity"), its relevant and seen item ids, and its fixed
+#: (popularity) list.
+RANKING_HOLDOUT_COLUMNS = ("user_id", "source", "relevant", "seen", "fixed")
+#: The ``source`` of users ranked by popularity, whichever model is evaluated.
+POPULARITY_SOURCE = "popularity"
+
 # Quarantine reasons (``jobs.ingest`` documents which rows get each).
 REASON_UNPARSEABLE = "unparseable_line"
 REASON_NULL_ID = "null_or_empty_id"

@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 OBJECTIVES = ("implicit", "rating")
+#: The families built as Keras models (``models.registry``); ``spark_als`` is trained in Spark (``jobs.als``).
+KERAS_FAMILIES = ("two_tower", "deepfm", "ncf")
+SPARK_ALS = "spark_als"
 LOSSES = ("in_batch_softmax", "sampled_bce", "full_softmax", "reconstruction")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
@@ -38,21 +41,32 @@ class Kind:
     """One named model.
 
     Attributes:
-        family: "two_tower", "deepfm" or "ncf" (which Keras class builds it).
+        family: "two_tower", "deepfm" or "ncf" (which Keras class builds it), or "spark_als"
+            (not a Keras model: trained by Spark MLlib, ``jobs.als``).
         formula: the score, as documented.
         preset: fixed constructor arguments that make the family this kind.
         params: model hyper-parameters a config may set for this kind
             (beyond ``TRAINING_PARAMS``).
-        default_loss: the implicit-feedback loss used unless the config says otherwise.
+        default_loss: the implicit-feedback loss used unless the config says otherwise (None: the
+            kind has no loss to choose).
         defaults: config values of this kind that differ from the config's defaults.
+        training_params: the training keys it accepts (``TRAINING_PARAMS`` for a Keras model).
+        implicit_params: hyper-parameters that apply only with objective implicit.
     """
 
     family: str
     formula: str
     preset: dict
     params: frozenset
-    default_loss: str
+    default_loss: str | None
     defaults: dict = dataclasses.field(default_factory=dict)
+    training_params: frozenset = TRAINING_PARAMS
+    implicit_params: frozenset = frozenset()
+
+    @property
+    def keras(self) -> bool:
+        """Whether ``models.registry`` builds it (and ``models.train`` trains it)."""
+        return self.family in KERAS_FAMILIES
 
 
 _FEATURES = frozenset({"use_id", "use_features", "id_dropout"})
@@ -104,21 +118,32 @@ KINDS: dict[str, Kind] = {
     "neumf": Kind(
         "ncf", "s = phi([p_u * q_i, psi([s_u, t_i])]),  phi linear, psi = MLP",
         {"gmf": True, "mlp": True, "additive": False}, _FEATURES | {"mlp_layers", "dropout"}, "sampled_bce"),
+    "als": Kind(
+        SPARK_ALS, "s = x_u . y_i,  min sum_(u,i) c_ui (p_ui - x_u . y_i)^2 + reg_param (sum_u n_u |x_u|^2 + "
+        "sum_i n_i |y_i|^2)  (implicit: p = 1, c = 1 + alpha r; rating: p = r, c = 1; Spark MLlib ALS, "
+        "rank = embedding_dim)",
+        {}, frozenset({"max_iter", "reg_param"}), None, training_params=frozenset({"objective", "embedding_dim"}),
+        implicit_params=frozenset({"alpha"})),
 }
+
+#: The kinds ``models.registry`` builds as Keras models (every kind but ``als``).
+KERAS_KINDS = frozenset(k for k, info in KINDS.items() if info.keras)
 
 
 #: Kinds whose score is a dot product of a user and an item embedding (``model.factorised``): scored in
 #: Spark from embedding tables, and usable as the retriever of a two-stage ranking.
-FACTORISED_KINDS = frozenset({"mf", "mf_mean", "linear_rs", "two_tower", "item_item", "fm", "gmf"})
+FACTORISED_KINDS = frozenset({"mf", "mf_mean", "linear_rs", "two_tower", "item_item", "fm", "gmf", "als"})
 
 #: Config keys of the two-stage ranking, for the kinds that are not factorised.
 TWO_STAGE_PARAMS = frozenset({"retrieve_with", "candidates"})
 
 
-def applicable(kind: str, loss: str | None) -> frozenset:
+def applicable(kind: str, loss: str | None, objective: str = "implicit") -> frozenset:
     """Every config key a model of ``kind`` may set (with ``loss`` for implicit feedback)."""
     info = KINDS[kind]
-    keys = TRAINING_PARAMS | info.params
+    keys = info.training_params | info.params
+    if objective == "implicit":
+        keys = keys | info.implicit_params
     if kind not in FACTORISED_KINDS:
         keys = keys | TWO_STAGE_PARAMS
     if loss is not None:
@@ -128,7 +153,16 @@ def applicable(kind: str, loss: str | None) -> frozenset:
 
 def kinds_with(param: str) -> list[str]:
     """The kinds a model hyper-parameter applies to (for error messages)."""
-    return sorted(k for k, info in KINDS.items() if param in info.params)
+    return sorted(k for k, info in KINDS.items() if param in info.params | info.implicit_params)
+
+
+def keras_problem(kind: str) -> str | None:
+    """Why ``kind`` cannot be built or trained as a Keras model (None: it can)."""
+    info = KINDS[kind]
+    if info.keras:
+        return None
+    return (f"kind {kind} (family {info.family}) is not a Keras model: it is trained in Spark by jobs.als.train_als "
+            "and scored from its embedding tables")
 
 
 def loss_problem(kind: str, objective: str, loss: str | None) -> str | None:
@@ -136,6 +170,8 @@ def loss_problem(kind: str, objective: str, loss: str | None) -> str | None:
 
     ``loss`` None means the kind's default loss.
     """
+    if KINDS[kind].default_loss is None and loss is not None:
+        return f"kind {kind} has no loss to choose (it is not trained by gradient descent); remove loss"
     if kind in KIND_LOSSES:
         if objective != "implicit":
             return (f"kind {kind} learns from the users' histories only: objective implicit with loss "

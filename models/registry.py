@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from jobs.storage import Location
 from models.deepfm import DeepFMModel
 from models.item_item import ItemItemModel
-from models.kinds import KINDS
+from models.kinds import KINDS, keras_problem
 from models.ncf import NCFModel
 from models.tf_runtime import keras
 from models.two_tower import TwoTowerModel
@@ -36,6 +36,9 @@ def build_model(kind: str, spec: Mapping, *, output_bias: float = 0.0, **params)
     """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(sorted(KINDS))}")
+    problem = keras_problem(kind)
+    if problem:
+        raise ValueError(problem)
     info = KINDS[kind]
     unknown = sorted(set(params) - set(info.params) - {"embedding_dim", "l2"})
     if unknown:

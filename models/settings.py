@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, loss_problem
+from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, keras_problem, loss_problem
 
 #: The saved Keras model inside a model folder (beside ``train.json`` and ``feature_state.json``).
 MODEL_FILE = "model.keras"
@@ -74,6 +74,9 @@ class TrainSettings:
     def check(self, kind: str) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(sorted(KINDS))}")
+        problem = keras_problem(kind)
+        if problem:
+            raise ValueError(problem)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.loss is not None and self.loss not in LOSSES:

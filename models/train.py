@@ -129,16 +129,24 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
 
 
-def _evaluator(settings: TrainSettings, spec, holdout: Location | None, examples: Location,
-               catalogue: Location | None):
-    if holdout is None:
-        return None
+def _evaluator(settings: TrainSettings, spec, holdout: Location | None, ranking_holdout: Location | None,
+               examples: Location, catalogue: Location | None, log: Callable[[str], None]):
+    """The per-epoch holdout metric (None: train every epoch)."""
     if settings.objective == "rating":
-        return RatingHoldout(holdout, spec)
+        return RatingHoldout(holdout, spec) if holdout is not None else None
+    if holdout is None and ranking_holdout is None:
+        return None
     if catalogue is None:
         raise ValueError("a ranking holdout needs item_features (the catalogue to rank)")
-    return RankingHoldout(holdout, examples, catalogue, spec, k=settings.eval_k,
-                          max_users=settings.eval_max_users, seed=settings.seed)
+    if ranking_holdout is not None:
+        evaluator = RankingHoldout.from_table(ranking_holdout, catalogue, spec, k=settings.eval_k)
+    else:
+        evaluator = RankingHoldout.from_examples(holdout, examples, catalogue, spec, k=settings.eval_k,
+                                                 max_users=settings.eval_max_users, seed=settings.seed)
+    if evaluator.evaluated_users == 0:
+        log("the ranking holdout has no user with relevant items: no early stopping, training every epoch")
+        return None
+    return evaluator
 
 
 def train_model(
@@ -151,6 +159,7 @@ def train_model(
     model_params: Mapping | None = None,
     item_features: Location | None = None,
     holdout: Location | None = None,
+    ranking_holdout: Location | None = None,
     holdout_catalogue: Location | None = None,
     feature_state_json: str | None = None,
     user_history: Location | None = None,
@@ -170,8 +179,14 @@ def train_model(
         model_params: the kind's hyper-parameters (``models.registry.build_model``).
         item_features: the item catalogue (Parquet; needed by sampled
             negatives, the full softmax and the ranking holdout).
-        holdout: Parquet holdout examples for the per-epoch metric and
-            early stopping (None: train all epochs).
+        holdout: Parquet holdout examples: the per-epoch metric and early stopping of the rating
+            objective (RMSE); for implicit feedback, without ``ranking_holdout``, the ranking metric
+            over the users and items of these feature-joined rows (``RankingHoldout.from_examples``;
+            cold users are missing from them, so the figure is not the night's published one).
+            None (and no ``ranking_holdout``): train all epochs.
+        ranking_holdout: implicit feedback: the holdout table of ``jobs.evaluate.ranking_holdout``
+            (``RankingHoldout.from_table``): the nDCG@K training logs and early-stops on is then the
+            figure the night publishes for the same holdout.
         holdout_catalogue: the items the ranking holdout ranks (default:
             ``item_features``), e.g. only new items for a cold-start check.
         feature_state_json: the fitted feature state, saved beside the model.
@@ -234,7 +249,7 @@ def train_model(
         expected = expected + extra * sampler.index_probability
     log_q = tf.constant(np.log(expected).astype(np.float32))
     output_bias = _mean_rating(files) if settings.objective == "rating" else 0.0
-    evaluator = _evaluator(settings, spec, holdout, examples, holdout_catalogue or item_features)
+    evaluator = _evaluator(settings, spec, holdout, ranking_holdout, examples, holdout_catalogue or item_features, log)
 
     with strategy.scope():
         model = build_model(kind, spec, output_bias=output_bias, **dict(model_params or {}))

@@ -199,6 +199,33 @@ def test_item_item_keys_are_checked():
         [{"name": "ii", "kind": "item_item", "temperature": 0.5}])
 
 
+def test_als_keys_are_checked():
+    from jobs.als import ALSSettings
+
+    cfg = parse_config({"models": [
+        {"name": "als", "kind": "als", "embedding_dim": 16, "max_iter": 5, "reg_param": 0.5, "alpha": 10.0},
+        {"name": "als_rating", "kind": "als", "objective": "rating"},
+        {"name": "dfm", "kind": "deepfm", "retrieve_with": "als"},
+    ]})
+    implicit, explicit = cfg.models[0], cfg.models[1]
+    assert implicit.als_settings(seed=7) == ALSSettings(objective="implicit", rank=16, max_iter=5, reg_param=0.5,
+                                                        alpha=10.0, seed=7)
+    assert explicit.als_settings(seed=7) == ALSSettings(objective="rating", rank=32, seed=7)
+    assert implicit.resolved_loss is None and "alpha" not in explicit.model_dump()
+    assert "model 'a': key 'alpha' does not apply to kind als with objective rating (it takes embedding_dim, " \
+           "max_iter, objective, reg_param)" in _models_error([{"name": "a", "kind": "als", "objective": "rating",
+                                                               "alpha": 2.0}])
+    assert "key 'epochs' does not apply to kind als" in _models_error([{"name": "a", "kind": "als", "epochs": 3}])
+    assert "kind als has no loss to choose" in _models_error([{"name": "a", "kind": "als", "loss": "sampled_bce"}])
+    assert "key 'max_iter' does not apply to kind two_tower with objective implicit (it applies to kind als)" in \
+        _models_error([{"name": "a", "kind": "two_tower", "max_iter": 3}])
+    for method in (implicit.model_params, lambda: implicit.train_settings(seed=1, eval_k=10)):
+        with pytest.raises(ValueError, match="kind als is trained in Spark, not by models.train"):
+            method()
+    with pytest.raises(ValueError, match="als_settings is for kind als, not deepfm"):
+        cfg.models[2].als_settings(seed=1)
+
+
 def test_values_of_the_wrong_type_are_refused_not_coerced():
     for section, key, value, rule in [
         ("models", "epochs", True, "valid integer"),

@@ -6,11 +6,11 @@ import pytest
 from jobs.storage import Location
 from models.base import RecommenderModel
 from models.deepfm import second_order
-from models.kinds import KINDS
+from models.kinds import KERAS_KINDS, KINDS
 from models.registry import build_model, load_model
 from tests.fixtures.models import SPEC, item_rows, pairs, randomise, small_params, user_rows
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(KERAS_KINDS))
 def test_every_kind_scores_consistently_and_round_trips(kind, tmp_path):
     model = build_model(kind, SPEC, output_bias=3.5, **small_params(kind))
     users, items = user_rows(), item_rows()
@@ -38,7 +38,7 @@ def test_every_kind_scores_consistently_and_round_trips(kind, tmp_path):
     np.testing.assert_allclose(np.asarray(again.score_matrix(users, items)), matrix, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", [k for k in sorted(KINDS) if "use_features" in KINDS[k].params])
+@pytest.mark.parametrize("kind", [k for k in sorted(KERAS_KINDS) if "use_features" in KINDS[k].params])
 def test_unseen_user_is_scored_from_features(kind):
     model = build_model(kind, SPEC, **small_params(kind))
     users, items = user_rows(), item_rows()
@@ -179,8 +179,15 @@ def test_build_model_refuses_parameters_of_other_kinds():
 def test_factorised_kinds_are_the_models_that_say_so():
     from models.kinds import FACTORISED_KINDS
 
-    factorised = {kind for kind in KINDS if build_model(kind, SPEC, **small_params(kind)).factorised}
-    assert factorised == FACTORISED_KINDS
+    factorised = {kind for kind in KERAS_KINDS if build_model(kind, SPEC, **small_params(kind)).factorised}
+    assert factorised == FACTORISED_KINDS & KERAS_KINDS
+    assert FACTORISED_KINDS - KERAS_KINDS == {"als"}   # scored from its embedding tables, not a Keras model
+
+
+def test_als_is_not_built_as_a_keras_model():
+    assert KINDS["als"].family == "spark_als" and not KINDS["als"].keras and KERAS_KINDS == set(KINDS) - {"als"}
+    with pytest.raises(ValueError, match="kind als .* is not a Keras model: it is trained in Spark by jobs.als"):
+        build_model("als", SPEC, embedding_dim=4)
 
 
 @pytest.mark.parametrize("kind, params, flops", [

@@ -35,6 +35,7 @@ def test_resolved_loss_is_mse_for_ratings_else_the_given_or_the_kinds_default():
     (TrainSettings(user_weight_power=1.5), "mf", r"user_weight_power must be in \[0, 1\], got 1.5"),
     (TrainSettings(negatives="hard"), "deepfm", "negatives must be one of uniform, popularity, got 'hard'"),
     (TrainSettings(loss="reconstruction"), "mf", "loss reconstruction is for kind item_item, not mf"),
+    (TrainSettings(), "als", "kind als .* is not a Keras model: it is trained in Spark by jobs.als.train_als"),
 ])
 def test_check_says_what_came_and_what_is_expected(settings, kind, message):
     with pytest.raises(ValueError, match=message):

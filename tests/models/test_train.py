@@ -13,7 +13,7 @@ import pytest
 from models.catalogue import read_side_table
 from models.data import parquet_files
 from models.evaluation import RatingHoldout
-from models.kinds import KINDS
+from models.kinds import KERAS_KINDS, KINDS
 from models.registry import load_model
 from models.settings import TrainSettings
 from models.train import FEATURE_STATE_FILE, TRAIN_FILE, item_log_frequencies, train_model
@@ -52,7 +52,7 @@ def test_two_tower_learns_saves_and_reloads_with_same_scores(root):
     assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(KERAS_KINDS))
 def test_every_kind_trains_saves_and_reloads_the_model_it_evaluated(kind, root):
     path, table = write_examples(root, n=256)
     holdout, held_users, held_items = write_holdout(root)
