@@ -191,12 +191,15 @@ class LocalLauncher:
         """
         n = self.launch.workers
         threads = max(1, (os.cpu_count() or 1) // n)
+        workers: list[WorkerProcess] = []
+        self.processes = []
         with _scratch() as scratch:
             endpoints = [f"127.0.0.1:{port}" for port in free_ports(n)]
-            workers = [WorkerProcess(job, self.launch, endpoints, i, os.path.join(scratch, f"worker-{i}"),
-                                     threads=threads) for i in range(n)]
-            self.processes = [w.process for w in workers]
             try:
+                for i in range(n):
+                    workers.append(WorkerProcess(job, self.launch, endpoints, i, os.path.join(scratch, f"worker-{i}"),
+                                                 threads=threads))
+                    self.processes.append(workers[-1].process)
                 first_done = None
                 while True:
                     for line in workers[0].new_log_lines():
@@ -216,6 +219,8 @@ class LocalLauncher:
                             f"{self.launch.worker_timeout_s:g} s after another worker finished (a hung worker?); "
                             "they were stopped. Raise training.worker_timeout_s if they were only slow")
                     time.sleep(_POLL_S)
+                for line in workers[0].new_log_lines():   # what the chief printed after the last look
+                    log(line)
             finally:
                 for w in workers:
                     w.kill()

@@ -43,7 +43,7 @@ def in_batch_softmax_loss(user_emb, item_emb, item_ids, item_log_q=None, tempera
 
 
 def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=1.0, weights=None, known=None,
-                                 positive_offset=0):
+                                 positive_offset=0, weight_total=None):
     """The in-batch softmax loss from a score matrix (row b = user b, column j = item of row j).
 
     Any model can supply the matrix (``RecommenderModel.score_matrix`` of the
@@ -65,6 +65,7 @@ def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=
             positive of the row's user (e.g. in its history); such negatives are masked out like
             accidental hits (the row's own positive is always kept).
         positive_offset: int scalar: row b's positive is column ``positive_offset + b``.
+        weight_total: see ``weighted_mean`` (multi-worker steps).
 
     Returns:
         Scalar mean cross-entropy of the positives.
@@ -75,13 +76,10 @@ def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=
         logits = ops.where(ops.logical_and(known, ops.logical_not(own)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     per_row = -ops.sum(ops.where(own, log_probs, ops.zeros_like(log_probs)), axis=1)
-    if weights is not None:
-        weights = ops.cast(weights, per_row.dtype)
-        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
-    return ops.mean(per_row)
+    return weighted_mean(per_row, weights, weight_total)
 
 
-def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None):
+def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None, weight_total=None):
     """Softmax cross-entropy over the whole catalogue (every item is a candidate; nothing is sampled).
 
     Row ``b`` is a (user, positive item) pair; its logits are the user's
@@ -108,13 +106,10 @@ def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None)
         logits = ops.where(ops.logical_and(known, ops.logical_not(own)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     per_row = -ops.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-    if weights is not None:
-        weights = ops.cast(weights, per_row.dtype)
-        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
-    return ops.mean(per_row)
+    return weighted_mean(per_row, weights, weight_total)
 
 
-def reconstruction_loss(scores, history, weights=None):
+def reconstruction_loss(scores, history, weights=None, weight_total=None):
     """Squared error of each row's user's history row, reconstructed over the whole item vocabulary.
 
     EASE's loss (Steck 2019): every item is a target, 1 if it is in the user's
@@ -134,10 +129,24 @@ def reconstruction_loss(scores, history, weights=None):
     """
     err = ops.cast(history, scores.dtype) - scores
     per_row = ops.sum(err * err, axis=1)
-    if weights is not None:
-        weights = ops.cast(weights, per_row.dtype)
-        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
-    return ops.mean(per_row)
+    return weighted_mean(per_row, weights, weight_total)
+
+
+def weighted_mean(per_row, weights=None, weight_total=None):
+    """The (weighted) mean of per-row losses: [batch] -> scalar.
+
+    Args:
+        per_row: [batch] losses.
+        weights: [batch] row weights or None (every row alike).
+        weight_total: the denominator instead of ``sum(weights)``: in a multi-worker step, the global
+            batch's weight sum divided by the number of replicas, so that the replicas' losses average
+            to the weighted mean over the global batch (each replica's own sum differs).
+    """
+    if weights is None:
+        return ops.mean(per_row)
+    weights = ops.cast(weights, per_row.dtype)
+    total = ops.sum(weights) if weight_total is None else ops.cast(weight_total, per_row.dtype)
+    return ops.sum(per_row * weights) / ops.maximum(total, 1e-9)
 
 
 def sampled_bce_loss(positive_logits, negative_logits, negative_valid=None):

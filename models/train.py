@@ -299,19 +299,33 @@ def train_model(
             raise ValueError(f"{kind}: mask_history needs a model with a history input (history_max_len >= 1)")
         optimizer.build(model.trainable_variables)
 
+    # the replica's device: a collective inside tf.function needs its input placed on one
+    device = strategy.extended.worker_devices[0] if replicas > 1 else None
+
+    def weights_total(weights):
+        """Over several replicas, the global batch's weight sum / replicas: the weighted mean's denominator."""
+        if weights is None or replicas == 1:
+            return None
+        with tf.device(device):
+            summed = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.identity(tf.reduce_sum(tf.stop_gradient(weights))))
+        return summed / replicas
+
     def objective_loss(batch, step):
         if settings.objective == "rating":
             return rating_loss(model(batch, training=True), batch["rating"])
         weights = None
         if user_weight is not None:
             weights = tf.gather(user_weight, tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
+        total = weights_total(weights)
         if loss_name == "reconstruction":
             # Every row of a user reconstructs the same history row: reconstruct each distinct user of the
             # batch once, weighted by the sum of its rows' weights (the same loss, a fraction of the work).
             users, row_user = tf.unique(tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
             user_weights = tf.math.unsorted_segment_sum(weights, row_user, tf.size(users))
             history_rows, reconstructed = model.history_reconstruction({spec["user"]["id"]["name"]: users})
-            return reconstruction_loss(reconstructed, history_rows, weights=user_weights) + model.penalty()
+            return reconstruction_loss(reconstructed, history_rows, weights=user_weights,
+                                       weight_total=weights_total(user_weights)) + model.penalty()
         user = model.user_parts(batch, training=True)
         item = model.item_parts(batch, training=True) if loss_name != "full_softmax" else None
         item_idx = batch[item_col]
@@ -328,18 +342,18 @@ def train_model(
                 extra_scores = model.pair_scores(user, model.item_parts(extra_rows, training=True), cross=True,
                                                  training=True)
                 scores = tf.concat([scores, extra_scores], axis=1)
-                ids = tf.concat([item_idx, tf.cast(extra_idx, item_idx.dtype)], axis=0)
+                ids = tf.concat([ids, tf.cast(extra_idx, item_idx.dtype)], axis=0)
             known = model.history_contains(batch, ids) if settings.mask_history else None
             return in_batch_softmax_from_scores(
                 scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature,
-                weights=weights, known=known, positive_offset=offset,
+                weights=weights, known=known, positive_offset=offset, weight_total=total,
             )
         if loss_name == "full_softmax":
             scores = model.pair_scores(user, model.item_parts(everything.columns, training=True), cross=True,
                                        training=True)
             known = model.history_contains(batch, everything.item_index) if settings.mask_history else None
             return full_softmax_loss(scores, everything.labels(item_idx), settings.temperature, known=known,
-                                     weights=weights)
+                                     weights=weights, weight_total=total)
         positive = model.pair_scores(user, item, training=True)
         n = tf.shape(item_idx)[0]
         negatives, negative_idx = sampler.sample(n * settings.negative_ratio, step, replica)
@@ -347,8 +361,6 @@ def train_model(
         negative = model.pair_scores(expand_rows(user), neg_item, training=True)
         valid = tf.not_equal(tf.reshape(negative_idx, (n, settings.negative_ratio)), item_idx[:, None])
         return sampled_bce_loss(positive, negative, valid)
-
-    device = strategy.extended.worker_devices[0] if replicas > 1 else None
 
     def replica_step(batch, step):
         with tf.GradientTape() as tape:
@@ -456,7 +468,8 @@ def train_model(
             "factorised": bool(model.factorised), "settings": dataclasses.asdict(settings),
             "model_params": dict(model_params or {}), "best_epoch": best_epoch,
             "metric": evaluator.name if evaluator else None, "best_metric": best_value,
-            "examples_per_epoch": steps_per_epoch * batch_size, "history": history,
+            "examples_per_epoch": steps_per_epoch * batch_size, "workers": workers,
+            "resumed_from_step": resumed_from, "steps_run": steps_run, "history": history,
         }, indent=2, default=str))
     return TrainResult(
         model_file=out_dir / MODEL_FILE, history=history, examples=steps_per_epoch * batch_size, best_epoch=best_epoch,

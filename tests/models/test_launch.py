@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -36,7 +38,8 @@ from models.data import iter_batches, parquet_files, row_group_units
 from models.launch import LocalLauncher, TrainJob, WorkerFailed, train
 from models.registry import load_model
 from models.settings import LaunchSettings, TrainSettings
-from tests.fixtures.models import TRAIN_SPEC, train_feed, write_catalogue, write_examples, write_holdout, write_table
+from tests.fixtures.models import (TRAIN_SPEC, small_params, train_feed, write_catalogue, write_examples, write_holdout,
+                                   write_table)
 
 TWO = LaunchSettings(workers=2, launcher="local", worker_timeout_s=60)
 
@@ -47,10 +50,12 @@ def _scores(result) -> np.ndarray:
     return np.asarray(model(train_feed(users, items)))
 
 
-@pytest.mark.parametrize("kind, objective", [("two_tower", "implicit"), ("deepfm", "rating")])
-def test_two_workers_end_equal_and_train_like_one_worker_on_the_same_global_batches(kind, objective, root):
+@pytest.mark.parametrize("kind, objective, extra", [("two_tower", "implicit", {}), ("deepfm", "rating", {}),
+                                                    ("two_tower", "implicit", {"user_weight_power": 1.0})])
+def test_two_workers_end_equal_and_train_like_one_worker_on_the_same_global_batches(kind, objective, extra, root):
+    """(user_weight_power: each replica's weighted mean divides by the global batch's weight sum.)"""
     examples, _ = write_examples(root, n=256, row_groups=2)
-    settings = TrainSettings(objective=objective, epochs=3, batch_size=256, learning_rate=0.02, seed=4)
+    settings = TrainSettings(objective=objective, epochs=3, batch_size=256, learning_rate=0.02, seed=4, **extra)
     results = {}
     for workers in (1, 2):
         job = TrainJob(kind, TRAIN_SPEC, examples, root / f"model{workers}", settings=settings,
@@ -63,6 +68,23 @@ def test_two_workers_end_equal_and_train_like_one_worker_on_the_same_global_batc
     assert [h["epoch"] for h in two.history] == [1, 2, 3] and two.steps_run == 3
     np.testing.assert_allclose([h["loss"] for h in two.history], [h["loss"] for h in one.history], rtol=1e-4)
     np.testing.assert_allclose(_scores(two), _scores(one), rtol=0, atol=settings.learning_rate / 10)
+
+
+@pytest.mark.parametrize("kind, extra", [("item_item", {}), ("neumf", {"loss": "sampled_bce"}),
+                                         ("two_tower", {"extra_negatives": 4}), ("mf", {"loss": "full_softmax"})])
+def test_every_loss_trains_on_two_workers_that_end_equal(kind, extra, root):
+    examples, _ = write_examples(root, n=256, row_groups=4)
+    history = None
+    if kind == "item_item":
+        history = write_table(root / "history", pa.table({
+            "user_idx": pa.array(range(2, 12), pa.int32()),
+            "history": pa.array([[2, 3, 4] if u % 2 == 0 else [5, 6, 7] for u in range(2, 12)], pa.list_(pa.int32()))}))
+    job = TrainJob(kind, TRAIN_SPEC, examples, root / "m", settings=TrainSettings(epochs=2, batch_size=64, **extra),
+                   model_params=small_params(kind), item_features=write_catalogue(root), user_history=history)
+    result = train(job, TWO, log=lambda _: None)
+    assert result.workers == 2 and result.weight_fingerprints[0] == result.weight_fingerprints[1]
+    assert result.steps_run == 2 * 4 and all(np.isfinite(h["loss"]) for h in result.history)
+    assert load_model(result.model_file).factorised == result.factorised
 
 
 def test_in_batch_candidates_are_the_global_batch_not_the_workers_half(root):
@@ -186,3 +208,16 @@ def test_launch_settings_refuse_bad_values_and_spark_needs_a_barrier_runner(root
     job = TrainJob("mf", TRAIN_SPEC, root / "none", root / "m")
     with pytest.raises(ValueError, match="barrier=jobs.distributed.barrier_runner"):
         train(job, LaunchSettings(launcher="spark"))
+
+
+def test_the_launch_modules_import_no_tensorflow_and_models_no_pyspark():
+    """Spark Python workers unpickle the barrier task (jobs.distributed) and its callable (models.launch):
+    neither may start TensorFlow in them; models/ never imports pyspark."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = ("import sys, models.launch, models.settings\n"
+              "print(sorted(m for m in ('tensorflow', 'keras', 'pyspark') if m in sys.modules))\n"
+              "import jobs.distributed, jobs.pack\n"
+              "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"]
