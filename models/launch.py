@@ -299,7 +299,7 @@ class WorkerProcess:
         error_file = os.path.join(self.folder, "error.txt")
         if os.path.exists(error_file):
             with open(error_file) as handle:
-                return f"worker {self.index} raised:\n{handle.read()[-_TAIL_CHARS:].rstrip()}"
+                return f"worker {self.index} raised {_exception_of(handle.read())}"
         if code is not None and code < 0:
             how = f"was killed by signal {-code} ({signal.Signals(-code).name})"
         else:
@@ -307,6 +307,17 @@ class WorkerProcess:
         with open(self._output.name, "rb") as handle:
             tail = handle.read().decode("utf-8", "replace")[-_TAIL_CHARS:].rstrip()
         return f"worker {self.index} (pid {self.process.pid}) {how}" + (f"; its last output:\n{tail}" if tail else "")
+
+
+def _exception_of(traceback_text: str) -> str:
+    """The exception of a formatted traceback (its type and message, after the last frame), shortened."""
+    lines = traceback_text.rstrip().splitlines()
+    start = 0
+    for i in range(1, len(lines)):
+        if lines[i] and not lines[i][0].isspace() and lines[i - 1][:1].isspace():
+            start = i                                   # the first unindented line after a frame
+    text = "\n".join(lines[start:]).strip()
+    return text if len(text) <= _TAIL_CHARS else text[:_TAIL_CHARS] + " …"
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -345,7 +356,7 @@ def _combine(reports: list[dict]) -> TrainResult:
     if failed:
         # the workers that died first come first: those ended by a signal or an exit code, then the
         # survivors whose collectives found them gone
-        failed.sort(key=lambda r: "raised:" in r["error"])
+        failed.sort(key=lambda r: " raised " in r["error"])
         raise WorkerFailed(_failure_message([r["error"] for r in failed], n))
     results = [TrainResult.from_json(r["result"]) for r in reports]
     prints = tuple(fp for r in results for fp in r.weight_fingerprints)

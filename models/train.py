@@ -48,7 +48,6 @@ import numpy as np
 
 from jobs.storage import Location
 from models.base import expand_rows, group_rows
-from models.checkpoints import TrainingCheckpoint, job_key, weights_fingerprint
 from models.catalogue import (
     FULL_SOFTMAX_MAX_ITEMS,
     CatalogueItems,
@@ -57,6 +56,7 @@ from models.catalogue import (
     read_side_table,
     read_user_history,
 )
+from models.checkpoints import TrainingCheckpoint, job_key, weights_fingerprint
 from models.data import (
     check_location,
     count_rows,

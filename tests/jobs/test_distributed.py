@@ -89,5 +89,6 @@ def test_spark_launcher_trains_two_workers_in_a_barrier_stage_like_the_local_lau
                                np.asarray(load_model(local.model_file)(batch)), rtol=1e-4, atol=1e-5)
     # A failing training fails on the driver with every worker's error, without Spark retrying the stage.
     failure = out["failure"]
-    assert "2 of 2 workers failed" in failure and "worker 0 raised" in failure and "worker 1 raised" in failure
+    assert "2 of 2 workers failed" in failure and "worker 0 raised ValueError" in failure
+    assert "worker 1 raised ValueError" in failure
     assert "unit(s) of training examples for 2 workers" in failure

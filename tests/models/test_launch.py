@@ -35,7 +35,7 @@ import pytest
 
 from models.checkpoints import LATEST_FILE
 from models.data import iter_batches, parquet_files, row_group_units
-from models.launch import LocalLauncher, TrainJob, WorkerFailed, train
+from models.launch import LocalLauncher, TrainJob, WorkerFailed, WorkerProcess, free_ports, train
 from models.registry import load_model
 from models.settings import LaunchSettings, TrainSettings
 from tests.fixtures.models import (TRAIN_SPEC, small_params, train_feed, write_catalogue, write_examples, write_holdout,
@@ -131,7 +131,7 @@ def test_too_few_units_for_the_workers_fails_naming_every_worker_and_the_fix(roo
         train(job, TWO, log=lambda _: None)
     message = str(failure.value)
     # both raise; the launcher reports the first it sees fail and stops the other
-    assert re.search(r"[12] of 2 workers failed", message) and re.search(r"worker [01] raised", message)
+    assert re.search(r"[12] of 2 workers failed", message) and re.search(r"worker [01] raised ValueError", message)
     assert "1 (file, row group) unit(s) of training examples for 2 workers" in message
 
 
@@ -179,6 +179,31 @@ def test_a_killed_worker_fails_the_run_by_name_and_the_rerun_resumes_from_the_ch
     np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in fresh.history], rtol=1e-6)
     assert resumed.best_epoch == fresh.best_epoch and resumed.best_metric == pytest.approx(fresh.best_metric)
     np.testing.assert_allclose(_scores(resumed), _scores(fresh), rtol=1e-5, atol=1e-6)
+
+
+def test_a_worker_whose_peer_died_fails_by_itself_naming_the_dead_peer(root, tmp_path):
+    """What a Spark task's worker relies on (no launcher stops it there): TensorFlow's peer health checks,
+    set from worker_timeout_s, abort the survivor's collectives and it exits with the dead peer's name."""
+    examples, _ = write_examples(root, n=2048, row_groups=4)
+    job = TrainJob("mf", TRAIN_SPEC, examples, root / "m", settings=TrainSettings(epochs=3, batch_size=32))
+    launch = LaunchSettings(workers=2, worker_timeout_s=12)
+    endpoints = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    workers = [WorkerProcess(job, launch, endpoints, i, str(tmp_path / f"w{i}"), threads=1) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        while not workers[0].new_log_lines() and workers[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)                                   # the first epoch is done: training is under way
+        assert workers[0].poll() is None, workers[0].failure()
+        workers[1].kill()
+        while workers[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert workers[0].poll() not in (None, 0)
+        failure = workers[0].failure()
+        assert failure.startswith("worker 0 raised") and "UnavailableError" in failure
+        assert "/job:worker/replica:0/task:1" in failure                   # the dead peer, by its task
+    finally:
+        for w in workers:
+            w.kill()
 
 
 def test_in_process_training_resumes_a_finished_checkpoint_and_refuses_another_trainings(root):
