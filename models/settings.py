@@ -119,9 +119,10 @@ class LaunchSettings:
         checkpoint_every_steps: write a training checkpoint every N steps (and
             at the end of every epoch) when a checkpoint folder is given; 0:
             only at the end of every epoch.
-        worker_timeout_s: how long a worker waits for its peers in one
-            collective operation (and for its peers to start) before it fails;
-            a job whose worker dies fails within about this time.
+        worker_timeout_s: every worker must have started within this time, and a worker finds a
+            dead or hung peer within about this time (TensorFlow's peer health checks) and fails,
+            so a job whose worker dies fails within about this time; the local launcher also stops
+            the other workers at once, or when they have not finished this long after one did.
     """
 
     workers: int = 1
