@@ -10,8 +10,10 @@ zip in ``spark.submit.pyFiles`` (``jobs.pack.pack_sources``), and read and write
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -60,8 +62,6 @@ def test_spark_launcher_trains_two_workers_in_a_barrier_stage_like_the_local_lau
     bad = TrainJob("mf", TRAIN_SPEC, write_examples(root, n=64, seed=1)[0], root / "never",   # one unit, two workers
                    settings=TrainSettings(epochs=1, batch_size=32))
     with open(tmp_path / "jobs.pkl", "wb") as handle:
-        import pickle
-
         pickle.dump((job, bad), handle)
     out = _driver("""
         from models.settings import LaunchSettings
@@ -81,7 +81,7 @@ def test_spark_launcher_trains_two_workers_in_a_barrier_stage_like_the_local_lau
     assert [h["epoch"] for h in result["history"]] == [1, 2] and result["steps_run"] == 2 * (512 // 64)
     assert len(out["lines"]) == 2 and out["lines"][0].startswith("epoch 1/2: loss")     # the chief's log, replayed
     # The same job through the local launcher: the same sharding, seeds and steps, so the same training.
-    local = train(TrainJob(**{**job.__dict__, "out_dir": root / "local-model"}),
+    local = train(dataclasses.replace(job, out_dir=root / "local-model"),
                   LaunchSettings(workers=2, worker_timeout_s=60), log=lambda _: None)
     np.testing.assert_allclose([h["loss"] for h in result["history"]], [h["loss"] for h in local.history], rtol=1e-5)
     batch = train_feed(np.repeat(np.arange(2, 12), 6), np.tile(np.arange(2, 8), 10))
