@@ -1,11 +1,12 @@
 # nightrec quick start:  make run   (nightly job on synthetic data)   make test
+# make pack: the environment archive for a Spark cluster's executors (docs/running-in-production.md)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 DS     ?= 2024-06-30
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nightrec-installed
 
-.PHONY: setup run test bench check-java clean
+.PHONY: setup run test bench check-java pack clean
 
 setup: $(STAMP)
 
@@ -26,5 +27,9 @@ run: setup check-java
 test: setup check-java
 	$(BIN)/python -m pytest -q
 
+ARCHIVE ?= nightrec-env.tar.gz
+pack: setup
+	$(BIN)/python -c 'import sys; from jobs.pack import pack_environment; print(pack_environment(sys.argv[1], force=True))' $(ARCHIVE)
+
 clean:
-	rm -rf warehouse .pytest_cache
+	rm -rf warehouse .pytest_cache nightrec-env.tar.gz

@@ -21,10 +21,12 @@ from jobs import features, sources, synthetic
 from jobs.schema import FeatureDecl
 from jobs.recommend import ScoringSettings
 from models.kinds import FACTORISED_KINDS
+from models.settings import LAUNCHERS, LaunchSettings
 
 _SYNTHETIC = synthetic.SyntheticSpec()
 _FEATURES = features.FeatureSettings()
 _SCORING = ScoringSettings()
+_LAUNCH = LaunchSettings()
 
 
 class ConfigError(ValueError):
@@ -296,6 +298,25 @@ class RetentionConfig(Section):
     keep_versions: int = Field(3, ge=0)
     failed_work_days: float = Field(3.0, ge=0)
 
+class TrainingConfig(Section):
+    """How every model trains: on how many workers, launched how, with what checkpoints and timeouts.
+
+    ``workers: 1`` with ``launcher: local`` (the default) trains in the flow's
+    own process. ``local`` starts N worker processes on this machine;
+    ``spark`` runs one worker per task of a barrier stage on ``spark.master``'s
+    cluster. The models' ``batch_size`` and ``learning_rate`` are global: the
+    same whatever ``workers`` is.
+    """
+
+    workers: int = Field(_LAUNCH.workers, ge=1)
+    launcher: Literal[LAUNCHERS] = _LAUNCH.launcher  # type: ignore[valid-type]
+    checkpoint_every_steps: int = Field(_LAUNCH.checkpoint_every_steps, ge=0)
+    worker_timeout_s: float = Field(_LAUNCH.worker_timeout_s, gt=0, strict=False)
+
+    def settings(self) -> LaunchSettings:
+        """The launch settings (``models.launch.train``) of this section."""
+        return LaunchSettings(**self.model_dump())
+
 
 class NightrecConfig(Section):
     """The whole run configuration."""
@@ -311,6 +332,7 @@ class NightrecConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

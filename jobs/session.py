@@ -14,6 +14,9 @@ from pyspark.sql import SparkSession
 #: The driver JVM's logging: warnings and errors, without Spark's start-up notes.
 LOG4J2_PROPERTIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
+#: Where the executors' interpreter is inside an environment archive shipped as ``...#environment``.
+ARCHIVE_PYTHON = "./environment/bin/python"
+
 # Settings every nightrec session needs, whatever the master.
 _BASE_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -56,19 +59,23 @@ def build_spark(
         local_dir: scratch directory for shuffle files (``spark.local.dir``).
         checkpoint_dir: directory for RDD checkpoints (needed by long ALS runs).
         conf: extra Spark settings; they win over the defaults above.
-        python: interpreter of the Python workers (default: this one).
+        python: interpreter of the Python workers (default: this one). With an environment archive
+            in ``conf`` (``spark.archives``, see ``jobs.pack``) the executors' interpreter is the
+            archive's, ``spark.executorEnv.PYSPARK_PYTHON`` of ``conf`` (default
+            ``./environment/bin/python``), and ``python`` is only the driver's.
 
     Returns:
         The active SparkSession.
     """
-    # Python workers must run the driver's interpreter (the project's venv);
-    # PySpark reads PYSPARK_PYTHON when it starts them.
     python = python or sys.executable
-    os.environ["PYSPARK_PYTHON"] = python
+    conf = dict(conf or {})
+    executor_python = executor_interpreter(conf, python)
+    # PySpark reads PYSPARK_PYTHON when it starts Python workers: the driver's own (local mode) or,
+    # on a cluster, what each executor should run.
+    os.environ["PYSPARK_PYTHON"] = executor_python
     if master.startswith("local"):
         # everything runs on this machine: bind to loopback (no "hostname resolves to a loopback address")
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    conf = dict(conf or {})
     java_options = f"-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES}"
     conf["spark.driver.extraJavaOptions"] = f"{java_options} {conf.get('spark.driver.extraJavaOptions', '')}".strip()
     builder = (
@@ -76,10 +83,11 @@ def build_spark(
         .appName(app_name)
         .config("spark.driver.memory", driver_memory)
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-        .config("spark.pyspark.python", python)
         .config("spark.pyspark.driver.python", python)
-        .config("spark.executorEnv.PYSPARK_PYTHON", python)
+        .config("spark.executorEnv.PYSPARK_PYTHON", executor_python)
     )
+    if executor_python == python:
+        builder = builder.config("spark.pyspark.python", python)
     for key, value in _BASE_CONF.items():
         builder = builder.config(key, value)
     if local_dir:
@@ -92,3 +100,15 @@ def build_spark(
     if checkpoint_dir:
         spark.sparkContext.setCheckpointDir(checkpoint_dir)
     return spark
+
+
+def executor_interpreter(conf: Mapping[str, str], driver_python: str) -> str:
+    """The Python the executors run: the driver's own, unless ``conf`` ships an environment archive.
+
+    With ``spark.archives`` set (a packed environment, ``jobs.pack.pack_environment``), the
+    executors run the archive's interpreter: ``spark.executorEnv.PYSPARK_PYTHON`` when ``conf``
+    sets it, else ``./environment/bin/python`` (the archive unpacked as ``#environment``).
+    """
+    if conf.get("spark.archives"):
+        return conf.get("spark.executorEnv.PYSPARK_PYTHON") or ARCHIVE_PYTHON
+    return conf.get("spark.executorEnv.PYSPARK_PYTHON") or driver_python

@@ -135,30 +135,38 @@ def iter_batches(
 
     def drain(final: bool):
         nonlocal pool, pooled
-        merged = {n: np.concatenate([p[n] for p in pool]) for n in names}
-        order = rng.permutation(pooled) if shuffle else np.arange(pooled)
+        # The pool in its shuffled order, once per column: every batch is then a slice (a view).
+        order = rng.permutation(pooled) if shuffle else None
+        merged = {n: np.concatenate([p[n] for p in pool]) if len(pool) > 1 else pool[0][n] for n in names}
+        if order is not None:
+            merged = {n: a[order] for n, a in merged.items()}
         # A shuffling pool keeps half its rows for the next round, so the rows read last (the end of the
         # last unit, often a few users' rows) are mixed with earlier ones rather than batched on their own.
         keep = pool_rows // 2 if shuffle and not final else 0
         n_full = max(0, pooled - keep) // batch_size
         for b in range(n_full):
-            sel = order[b * batch_size : (b + 1) * batch_size]
-            yield {n: merged[n][sel] for n in names}
-        rest = order[n_full * batch_size :]
+            yield {n: a[b * batch_size : (b + 1) * batch_size] for n, a in merged.items()}
+        done = n_full * batch_size
+        rest = pooled - done
         pool, pooled = [], 0
-        if rest.size:
+        if rest:
             if final:
                 if not drop_remainder:
-                    yield {n: merged[n][rest] for n in names}
+                    yield {n: a[done:] for n, a in merged.items()}
             else:
-                pool, pooled = [{n: merged[n][rest] for n in names}], rest.size
+                pool, pooled = [{n: a[done:] for n, a in merged.items()}], rest
 
     for file, row_group in mine:
         with file.open_input() as handle:
             table = pq.ParquetFile(handle).read_row_group(row_group, columns=names)
+        # Each column converted once per row group, then taken in the record batches' row ranges (at most
+        # 8192 rows each), which decide when the pool is drained.
+        whole = {n: _to_numpy(table.column(n), columns[n]) for n in names}
+        start = 0
         for record_batch in table.to_batches(max_chunksize=8192):
-            pool.append({n: _to_numpy(record_batch.column(n), columns[n]) for n in names})
-            pooled += record_batch.num_rows
+            stop = start + record_batch.num_rows
+            pool.append({n: a[start:stop] for n, a in whole.items()})
+            pooled, start = pooled + record_batch.num_rows, stop
             if pooled >= pool_rows:
                 yield from drain(final=False)
     if pooled:
@@ -166,9 +174,10 @@ def iter_batches(
 
 
 def to_feed(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Numpy columns as the models take them: floats as float32, everything else int32."""
+    """Numpy columns as the models take them: floats as float32, everything else int32 (no copy of a
+    column that already is)."""
     return {
-        n: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32)
+        n: a.astype(np.float32, copy=False) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int32, copy=False)
         for n, a in batch.items()
     }
 
@@ -179,6 +188,10 @@ def _dtype(array: np.ndarray) -> tf.DType:
     if np.issubdtype(array.dtype, np.integer):
         return tf.int32
     return tf.as_dtype(array.dtype)
+
+
+#: Batches ``make_dataset`` hands from Python to TensorFlow in one call (stacked).
+_STACKED_BATCHES = 16
 
 
 def make_dataset(
@@ -198,15 +211,20 @@ def make_dataset(
     With ``repeat`` the shard is read again and again (each pass reshuffled
     with the next seed), so every worker of a synchronous job can take the
     same number of steps even when the shards are uneven.
+
+    The batches are those of ``iter_batches`` (``to_feed`` dtypes). They
+    cross from Python to TensorFlow ``_STACKED_BATCHES`` at a time, stacked
+    ([k, batch, ...]) and split again inside tf.data, so the per-call cost of
+    ``from_generator`` is paid once per k batches, not once per batch.
     """
     probe = next(iter_batches(files[:1], columns, 2, shuffle=False), None)
     if probe is None:
         raise ValueError(f"{files[0].display()}: no rows")
     signature = {
-        n: tf.TensorSpec(shape=(None,) + a.shape[1:], dtype=_dtype(a)) for n, a in probe.items()
+        n: tf.TensorSpec(shape=(None, None) + a.shape[1:], dtype=_dtype(a)) for n, a in probe.items()
     }
 
-    def generate():
+    def batches():
         passes = 0
         while True:
             produced = False
@@ -226,7 +244,19 @@ def make_dataset(
             if not repeat or not produced:  # an empty shard must not spin forever
                 return
 
-    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+    def stacked():
+        group: list[dict[str, np.ndarray]] = []
+        for batch in batches():
+            if group and (len(group) == _STACKED_BATCHES or len(next(iter(batch.values())))
+                          != len(next(iter(group[0].values())))):
+                yield {n: np.stack([b[n] for b in group]) for n in group[0]}
+                group = []
+            group.append(batch)
+        if group:
+            yield {n: np.stack([b[n] for b in group]) for n in group[0]}
+
+    return (tf.data.Dataset.from_generator(stacked, output_signature=signature)
+            .flat_map(tf.data.Dataset.from_tensor_slices).prefetch(tf.data.AUTOTUNE))
 
 
 def read_columns(files: list[Location], columns: Mapping[str, int]) -> dict[str, np.ndarray]:

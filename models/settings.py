@@ -1,14 +1,18 @@
-"""How to train a model: ``TrainSettings``, checked against the kind (no TensorFlow import).
+"""How to train a model and on how many workers, and what training returns (no TensorFlow import).
 
-The config (``flows.config.ModelConfig.train_settings``) builds these
-settings and takes its defaults from them; ``models.train.train_model``
-reads them.
+``TrainSettings`` (per model) and ``LaunchSettings`` (per run: workers,
+launcher, checkpoints, timeouts) are built by the config
+(``flows.config.ModelConfig.train_settings``, ``flows.config.TrainingConfig.settings``),
+which takes its defaults from them; ``models.launch.train`` and
+``models.train.train_model`` read them. ``TrainResult`` is what a training
+returns, in-process or from the chief worker of a multi-worker job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from jobs.storage import Location
 from models.kinds import KINDS, LOSSES, NEGATIVE_SAMPLERS, OBJECTIVES, keras_problem, loss_problem
 
 #: The saved Keras model inside a model folder (beside ``train.json`` and ``feature_state.json``).
@@ -93,3 +97,95 @@ class TrainSettings:
             raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {self.negatives!r}")
 
 
+
+
+#: The ways ``models.launch.train`` can start training workers.
+LAUNCHERS = ("local", "spark")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchSettings:
+    """Where and on how many workers a model trains (the ``training:`` section of the config).
+
+    The global batch size and the learning rate of ``TrainSettings`` do not
+    depend on ``workers``: each of the N workers takes ``batch_size / N`` rows
+    of every step from its own shard of the examples.
+
+    Attributes:
+        workers: training processes of one synchronous data-parallel job
+            (``tf.distribute.MultiWorkerMirroredStrategy``). 1 with launcher
+            "local": in this process, as before there were launchers.
+        launcher: "local" (worker processes on this machine, on free
+            localhost ports) or "spark" (one worker per task of a barrier-mode
+            Spark stage on the configured cluster).
+        checkpoint_every_steps: write a training checkpoint every N steps (and
+            at the end of every epoch) when a checkpoint folder is given; 0:
+            only at the end of every epoch.
+        worker_timeout_s: every worker must have started within this time, and a worker finds a
+            dead or hung peer within about this time (TensorFlow's peer health checks) and fails,
+            so a job whose worker dies fails within about this time; the local launcher also stops
+            the other workers at once, or when they have not finished this long after one did.
+    """
+
+    workers: int = 1
+    launcher: str = "local"
+    checkpoint_every_steps: int = 500
+    worker_timeout_s: float = 300.0
+
+    def __post_init__(self):
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers!r}")
+        if self.checkpoint_every_steps < 0:
+            raise ValueError(f"checkpoint_every_steps must be >= 0 (0: at epoch ends only), "
+                             f"got {self.checkpoint_every_steps!r}")
+        if not self.worker_timeout_s > 0:
+            raise ValueError(f"worker_timeout_s must be > 0 seconds, got {self.worker_timeout_s!r}")
+
+    @property
+    def in_process(self) -> bool:
+        """Whether training runs in the calling process (one local worker)."""
+        return self.workers == 1 and self.launcher == "local"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run produced (in a multi-worker job: the chief's, with every worker's fingerprint).
+
+    Attributes:
+        model_file: the saved ``.keras`` file (``out_dir / MODEL_FILE``).
+        history: one dict per epoch (epoch, loss, holdout metrics, examples_per_s, seconds).
+        examples: training rows seen per epoch.
+        best_epoch: the epoch whose weights were kept (the last one without a holdout).
+        metric: name of the holdout metric ("rmse", "ndcg" or None).
+        best_metric: its value at ``best_epoch`` (None without a holdout).
+        factorised: whether the model scores as a dot product of exported embeddings.
+        resumed_from_step: the step of the checkpoint training resumed from (0: it started afresh).
+        steps_run: training steps this run took (after the resumed step).
+        workers: training workers of the job.
+        weight_fingerprints: per worker (by task index), a SHA-256 of its final weights; all equal in a
+            synchronous job (the launcher checks it).
+    """
+
+    model_file: Location
+    history: list[dict]
+    examples: int
+    best_epoch: int
+    metric: str | None
+    best_metric: float | None
+    factorised: bool
+    resumed_from_step: int = 0
+    steps_run: int = 0
+    workers: int = 1
+    weight_fingerprints: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (``model_file`` as its URI); ``from_json`` reads it back."""
+        return {**dataclasses.asdict(self), "model_file": self.model_file.uri,
+                "weight_fingerprints": list(self.weight_fingerprints)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainResult":
+        return cls(**{**data, "model_file": Location(data["model_file"]),
+                      "weight_fingerprints": tuple(data.get("weight_fingerprints", ()))})

@@ -42,7 +42,8 @@ def in_batch_softmax_loss(user_emb, item_emb, item_ids, item_log_q=None, tempera
     return in_batch_softmax_from_scores(logits, item_ids, item_log_q, temperature, weights)
 
 
-def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=1.0, weights=None, known=None):
+def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=1.0, weights=None, known=None,
+                                 positive_offset=0, weight_total=None):
     """The in-batch softmax loss from a score matrix (row b = user b, column j = item of row j).
 
     Any model can supply the matrix (``RecommenderModel.score_matrix`` of the
@@ -52,30 +53,33 @@ def in_batch_softmax_from_scores(scores, item_ids, item_log_q=None, temperature=
     sampling, Yang et al. 2020), with their ids and log-Q in ``item_ids`` /
     ``item_log_q``.
 
+    In a multi-worker job the candidates are the whole global batch: every
+    replica's items, gathered (``positive_offset`` is then where this
+    replica's rows start among them), so the loss of a global batch does not
+    depend on how many workers share it.
+
     Args:
-        scores: [batch, batch + n_extra].
-        item_ids: [batch + n_extra]; item_log_q: [batch + n_extra] or None.
-        known: [batch, batch + n_extra] bool or None: True where the column's item is another known
+        scores: [batch, n_batch_items + n_extra]: n_batch_items = batch, or the global batch's items.
+        item_ids: [n_batch_items + n_extra]; item_log_q: [n_batch_items + n_extra] or None.
+        known: [batch, n_batch_items + n_extra] bool or None: True where the column's item is another known
             positive of the row's user (e.g. in its history); such negatives are masked out like
-            accidental hits (the row's own positive, the diagonal, is always kept).
+            accidental hits (the row's own positive is always kept).
+        positive_offset: int scalar: row b's positive is column ``positive_offset + b``.
+        weight_total: see ``weighted_mean`` (multi-worker steps).
 
     Returns:
-        Scalar mean cross-entropy of the diagonal (the positives).
+        Scalar mean cross-entropy of the positives.
     """
-    logits = corrected_logits(scores / temperature, item_ids, item_log_q)
+    logits = corrected_logits(scores / temperature, item_ids, item_log_q, positive_offset)
+    own = _positive_columns(logits, positive_offset)
     if known is not None:
-        n = ops.shape(logits)[0]
-        diagonal = ops.equal(ops.arange(n)[:, None], ops.arange(ops.shape(logits)[1])[None, :])
-        logits = ops.where(ops.logical_and(known, ops.logical_not(diagonal)), _MASK_LOGIT, logits)
+        logits = ops.where(ops.logical_and(known, ops.logical_not(own)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
-    per_row = -ops.diagonal(log_probs[:, : ops.shape(log_probs)[0]])
-    if weights is not None:
-        weights = ops.cast(weights, per_row.dtype)
-        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
-    return ops.mean(per_row)
+    per_row = -ops.sum(ops.where(own, log_probs, ops.zeros_like(log_probs)), axis=1)
+    return weighted_mean(per_row, weights, weight_total)
 
 
-def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None):
+def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None, weight_total=None):
     """Softmax cross-entropy over the whole catalogue (every item is a candidate; nothing is sampled).
 
     Row ``b`` is a (user, positive item) pair; its logits are the user's
@@ -102,13 +106,10 @@ def full_softmax_loss(scores, labels, temperature=1.0, known=None, weights=None)
         logits = ops.where(ops.logical_and(known, ops.logical_not(own)), _MASK_LOGIT, logits)
     log_probs = logits - ops.logsumexp(logits, axis=1, keepdims=True)
     per_row = -ops.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-    if weights is not None:
-        weights = ops.cast(weights, per_row.dtype)
-        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
-    return ops.mean(per_row)
+    return weighted_mean(per_row, weights, weight_total)
 
 
-def reconstruction_loss(scores, history, weights=None):
+def reconstruction_loss(scores, history, weights=None, weight_total=None):
     """Squared error of each row's user's history row, reconstructed over the whole item vocabulary.
 
     EASE's loss (Steck 2019): every item is a target, 1 if it is in the user's
@@ -128,10 +129,24 @@ def reconstruction_loss(scores, history, weights=None):
     """
     err = ops.cast(history, scores.dtype) - scores
     per_row = ops.sum(err * err, axis=1)
-    if weights is not None:
-        weights = ops.cast(weights, per_row.dtype)
-        return ops.sum(per_row * weights) / ops.maximum(ops.sum(weights), 1e-9)
-    return ops.mean(per_row)
+    return weighted_mean(per_row, weights, weight_total)
+
+
+def weighted_mean(per_row, weights=None, weight_total=None):
+    """The (weighted) mean of per-row losses: [batch] -> scalar.
+
+    Args:
+        per_row: [batch] losses.
+        weights: [batch] row weights or None (every row alike).
+        weight_total: the denominator instead of ``sum(weights)``: in a multi-worker step, the global
+            batch's weight sum divided by the number of replicas, so that the replicas' losses average
+            to the weighted mean over the global batch (each replica's own sum differs).
+    """
+    if weights is None:
+        return ops.mean(per_row)
+    weights = ops.cast(weights, per_row.dtype)
+    total = ops.sum(weights) if weight_total is None else ops.cast(weight_total, per_row.dtype)
+    return ops.sum(per_row * weights) / ops.maximum(total, 1e-9)
 
 
 def sampled_bce_loss(positive_logits, negative_logits, negative_valid=None):
@@ -161,25 +176,33 @@ def rating_loss(predicted, rating):
     return ops.mean(diff * diff)
 
 
-def corrected_logits(logits, item_ids, item_log_q=None):
+def _positive_columns(logits, positive_offset=0):
+    """[batch, n_candidates] bool: True at column ``positive_offset + b`` of row b (the row's own positive)."""
+    rows = ops.arange(ops.shape(logits)[0], dtype="int32") + ops.cast(positive_offset, "int32")
+    return ops.equal(rows[:, None], ops.arange(ops.shape(logits)[1], dtype="int32")[None, :])
+
+
+def corrected_logits(logits, item_ids, item_log_q=None, positive_offset=0):
     """Apply the log-Q correction and mask accidental hits.
 
     Args:
-        logits: [batch, n_candidates], row b = user b; column j < batch is
-            the positive item of row j, columns >= batch are extra sampled
-            items (mixed negatives), if any.
+        logits: [batch, n_candidates], row b = user b; column ``positive_offset + b``
+            is row b's positive, the other columns of the batch's items are other
+            rows' positives (of this replica or, gathered, of the others), the
+            columns after them extra sampled items (mixed negatives), if any.
         item_ids: [n_candidates] item id of every column.
         item_log_q: [n_candidates] log of how often each column's item is
             expected among the candidates (its sampling probability), or None.
+        positive_offset: int scalar, 0 unless the candidates are a gathered global batch.
 
     Returns:
         [batch, n_candidates]: ``logits[b, j] - log q_j``, and a very negative
-        value where j != b but item j is the same item as row b's positive.
+        value where column j is not row b's positive but the same item.
     """
     if item_log_q is not None:
         logits = logits - ops.cast(item_log_q, logits.dtype)[None, :]
-    rows = ops.shape(logits)[0]
-    same_item = ops.equal(item_ids[:rows, None], item_ids[None, :])
-    diagonal = ops.cast(ops.eye(rows, ops.shape(logits)[1]), "bool")
-    accidental = ops.logical_and(same_item, ops.logical_not(diagonal))
+    own = _positive_columns(logits, positive_offset)
+    rows = ops.arange(ops.shape(logits)[0], dtype="int32") + ops.cast(positive_offset, "int32")
+    same_item = ops.equal(ops.take(item_ids, rows)[:, None], item_ids[None, :])
+    accidental = ops.logical_and(same_item, ops.logical_not(own))
     return ops.where(accidental, ops.full_like(logits, _MASK_LOGIT), logits)

@@ -25,6 +25,15 @@ Objectives:
 After each epoch the holdout metric is computed (RMSE for ratings,
 nDCG@K over the catalogue for implicit feedback); training stops after
 ``patience`` epochs without improvement and the best epoch's weights are kept.
+
+With several workers the in-batch softmax gathers every replica's items, so
+each row's candidates are the global batch's items whatever the number of
+workers. With a checkpoint folder the loop saves its whole state every N
+steps and at every epoch's end (``models.checkpoints``), and a restarted
+training resumes from the last checkpoint: it skips the batches of the
+resumed epoch that were already trained on (the data order of an epoch is
+fixed by its seed) and goes on with the same optimizer state, best weights
+and early-stopping count.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from models.catalogue import (
     read_side_table,
     read_user_history,
 )
+from models.checkpoints import TrainingCheckpoint, job_key, weights_fingerprint
 from models.data import (
     check_location,
     count_rows,
@@ -55,12 +65,13 @@ from models.data import (
     make_dataset,
     parquet_files,
     read_parquet,
+    row_group_units,
     to_feed,
 )
 from models.evaluation import RankingHoldout, RatingHoldout
 from models.kinds import KINDS
 from models.registry import build_model, load_model
-from models.settings import MODEL_FILE, SOFTMAX_LOSSES, TrainSettings
+from models.settings import MODEL_FILE, SOFTMAX_LOSSES, TrainResult, TrainSettings
 from models.tasks import (
     full_softmax_loss,
     in_batch_softmax_from_scores,
@@ -74,29 +85,6 @@ FEATURE_STATE_FILE = "feature_state.json"
 TRAIN_FILE = "train.json"
 
 __all__ = ["MODEL_FILE", "TrainSettings", "TrainResult", "train_model", "load_model", "item_log_frequencies"]
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        model_file: the saved ``.keras`` file (``out_dir / MODEL_FILE``).
-        history: one dict per epoch (epoch, loss, holdout metrics, examples_per_s, seconds).
-        examples: training rows seen per epoch.
-        best_epoch: the epoch whose weights were kept (the last one without a holdout).
-        metric: name of the holdout metric ("rmse", "ndcg" or None).
-        best_metric: its value at ``best_epoch`` (None without a holdout).
-        factorised: whether the model scores as a dot product of exported embeddings.
-    """
-
-    model_file: Location
-    history: list[dict]
-    examples: int
-    best_epoch: int
-    metric: str | None
-    best_metric: float | None
-    factorised: bool
 
 
 def item_log_frequencies(files: list[Location], item_col: str, vocab_size: int) -> np.ndarray:
@@ -127,6 +115,52 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     jobs = resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
+
+
+def gather_replicas(part, device: str, *, differentiable: bool = True):
+    """Every replica's rows of ``part``, concatenated by replica, with gradients flowing back to each replica.
+
+    The gradient of a replica's rows is the sum over replicas of the gradients of their copies
+    (an all-reduce, then this replica's slice), as ``ReplicaContext.all_gather``'s own. Under
+    ``MultiWorkerMirroredStrategy`` inside ``tf.function`` a collective needs its input placed on
+    a device ("destinations can not be empty" otherwise), so both directions are placed on the
+    replica's device first.
+
+    Args:
+        part: [rows, ...] this replica's tensor (every replica the same number of rows).
+        device: the replica's device (``strategy.extended.worker_devices[0]``).
+        differentiable: False for integer tensors (ids), which have no gradient.
+
+    Returns:
+        [replicas * rows, ...].
+    """
+    context = tf.distribute.get_replica_context()
+
+    def gather(x):
+        with tf.device(device):
+            return context.all_gather(tf.identity(x), axis=0)
+
+    if not differentiable:
+        return gather(part)
+
+    @tf.custom_gradient
+    def gathered(x):
+        def grad(upstream):
+            with tf.device(device):
+                total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(upstream))
+            rows = tf.shape(x)[0]
+            return total[context.replica_id_in_sync_group * rows:][:rows]
+
+        return gather(x), grad
+
+    return gathered(part)
+
+
+def _workers(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(1, sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()))
 
 
 def _evaluator(settings: TrainSettings, spec, holdout: Location | None, ranking_holdout: Location | None,
@@ -164,6 +198,8 @@ def train_model(
     feature_state_json: str | None = None,
     user_history: Location | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    checkpoint_dir: Location | None = None,
+    checkpoint_every_steps: int = 0,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train one model of ``kind`` on Parquet training examples.
@@ -192,7 +228,12 @@ def train_model(
         feature_state_json: the fitted feature state, saved beside the model.
         user_history: Parquet users' histories (``jobs.history.user_history`` of the
             examples' window); required by models with ``history_max_len > 0``.
-        strategy: tf.distribute strategy (default: the current one).
+        strategy: tf.distribute strategy (default: the current one); under a
+            ``MultiWorkerMirroredStrategy`` of N workers every worker calls this with the same
+            arguments, reads its shard and takes ``batch_size / N`` rows of every global batch.
+        checkpoint_dir: folder of this training's checkpoints (None: no checkpoints). A checkpoint
+            there resumes the training; one of another training is refused.
+        checkpoint_every_steps: save every N steps besides every epoch's end (0: epoch ends only).
         log: receives one progress line per epoch.
 
     Returns:
@@ -209,6 +250,12 @@ def train_model(
     n_rows = count_rows(files)
     if n_rows == 0:
         raise ValueError(f"{examples.display()}: no training examples")
+    workers = _workers(strategy)
+    units = len(row_group_units(files))
+    if units < workers:
+        raise ValueError(f"{examples.display()}: {units} (file, row group) unit(s) of training examples for {workers} "
+                         "workers; each worker reads whole units and needs at least one: write the examples in "
+                         f"at least {workers} files or row groups, or train on fewer workers")
     batch_size = max(replicas, min(settings.batch_size, n_rows) // replicas * replicas)
     steps_per_epoch = max(1, n_rows // batch_size)
     columns = input_columns(spec)
@@ -243,8 +290,9 @@ def train_model(
     if loss_name == "reconstruction" and vocab > FULL_SOFTMAX_MAX_ITEMS:
         raise ValueError(f"{kind}: loss reconstruction scores every item of the vocabulary at every step; "
                          f"{vocab:,} items is more than {FULL_SOFTMAX_MAX_ITEMS:,}")
-    # In-batch softmax correction: log of each item's expected count among a replica's candidates.
-    expected = (batch_size // replicas) * np.exp(log_share(counts).astype(np.float64))
+    # In-batch softmax correction: log of each item's expected count among a row's candidates (the global
+    # batch's items, gathered from every replica).
+    expected = batch_size * np.exp(log_share(counts).astype(np.float64))
     if extra:
         expected = expected + extra * sampler.index_probability
     log_q = tf.constant(np.log(expected).astype(np.float32))
@@ -266,43 +314,61 @@ def train_model(
             raise ValueError(f"{kind}: mask_history needs a model with a history input (history_max_len >= 1)")
         optimizer.build(model.trainable_variables)
 
+    # the replica's device: a collective inside tf.function needs its input placed on one
+    device = strategy.extended.worker_devices[0] if replicas > 1 else None
+
+    def weights_total(weights):
+        """Over several replicas, the global batch's weight sum / replicas: the weighted mean's denominator."""
+        if weights is None or replicas == 1:
+            return None
+        with tf.device(device):
+            summed = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.identity(tf.reduce_sum(tf.stop_gradient(weights))))
+        return summed / replicas
+
     def objective_loss(batch, step):
         if settings.objective == "rating":
             return rating_loss(model(batch, training=True), batch["rating"])
         weights = None
         if user_weight is not None:
             weights = tf.gather(user_weight, tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
+        total = weights_total(weights)
         if loss_name == "reconstruction":
             # Every row of a user reconstructs the same history row: reconstruct each distinct user of the
             # batch once, weighted by the sum of its rows' weights (the same loss, a fraction of the work).
             users, row_user = tf.unique(tf.cast(batch[spec["user"]["id"]["name"]], tf.int32))
             user_weights = tf.math.unsorted_segment_sum(weights, row_user, tf.size(users))
             history_rows, reconstructed = model.history_reconstruction({spec["user"]["id"]["name"]: users})
-            return reconstruction_loss(reconstructed, history_rows, weights=user_weights) + model.penalty()
+            return reconstruction_loss(reconstructed, history_rows, weights=user_weights,
+                                       weight_total=weights_total(user_weights)) + model.penalty()
         user = model.user_parts(batch, training=True)
         item = model.item_parts(batch, training=True) if loss_name != "full_softmax" else None
         item_idx = batch[item_col]
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         if loss_name == "in_batch_softmax":
-            scores = model.pair_scores(user, item, cross=True, training=True)
-            ids = item_idx
+            candidates, ids, offset = item, item_idx, 0
+            if replicas > 1:   # every replica's items are negatives of every row: the global batch's
+                candidates = tf.nest.map_structure(lambda part: gather_replicas(part, device), item)
+                ids = gather_replicas(item_idx, device, differentiable=False)
+                offset = tf.cast(replica, tf.int32) * tf.shape(item_idx)[0]
+            scores = model.pair_scores(user, candidates, cross=True, training=True)
             if extra:
                 extra_rows, extra_idx = sampler.sample(extra, step, replica)
                 extra_scores = model.pair_scores(user, model.item_parts(extra_rows, training=True), cross=True,
                                                  training=True)
                 scores = tf.concat([scores, extra_scores], axis=1)
-                ids = tf.concat([item_idx, tf.cast(extra_idx, item_idx.dtype)], axis=0)
+                ids = tf.concat([ids, tf.cast(extra_idx, item_idx.dtype)], axis=0)
             known = model.history_contains(batch, ids) if settings.mask_history else None
             return in_batch_softmax_from_scores(
                 scores, ids, tf.gather(log_q, ids) if settings.log_q else None, settings.temperature,
-                weights=weights, known=known,
+                weights=weights, known=known, positive_offset=offset, weight_total=total,
             )
         if loss_name == "full_softmax":
             scores = model.pair_scores(user, model.item_parts(everything.columns, training=True), cross=True,
                                        training=True)
             known = model.history_contains(batch, everything.item_index) if settings.mask_history else None
             return full_softmax_loss(scores, everything.labels(item_idx), settings.temperature, known=known,
-                                     weights=weights)
+                                     weights=weights, weight_total=total)
         positive = model.pair_scores(user, item, training=True)
         n = tf.shape(item_idx)[0]
         negatives, negative_idx = sampler.sample(n * settings.negative_ratio, step, replica)
@@ -325,28 +391,58 @@ def train_model(
         per_replica = strategy.run(replica_step, args=(batch, step))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    history: list[dict] = []
-    best_epoch, best_value, best_weights = 0, None, None
-    step = 0
-    for epoch in range(1, settings.epochs + 1):
-        def dataset_fn(ctx, epoch=epoch):
+    chief = _is_chief(strategy)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = TrainingCheckpoint(
+            check_location(checkpoint_dir, "the checkpoint folder"), model, optimizer, chief=chief,
+            every_steps=checkpoint_every_steps, keep_best=evaluator is not None,
+            job_key=job_key(kind=kind, spec=spec, settings=dataclasses.asdict(settings),
+                            model_params=dict(model_params or {}), examples=[f.uri for f in files], rows=n_rows,
+                            holdout=holdout.uri if holdout is not None else None),
+        )
+    state = {"epoch": 1, "done": 0, "losses": [], "history": [], "best_epoch": 0, "best_value": None,
+             "stopped": False}
+    best_weights = None
+    resumed = checkpoint.restore() if checkpoint is not None else None
+    resumed_from = 0
+    if resumed is not None:
+        resumed_from, state, best_weights = resumed
+        log(f"resuming from the checkpoint of step {resumed_from} in {checkpoint_dir.display()} "
+            f"(epoch {state['epoch']}, {state['done']} of its {steps_per_epoch} steps done)")
+    history: list[dict] = state["history"]
+    best_epoch, best_value = state["best_epoch"], state["best_value"]
+    step, steps_run = resumed_from, 0
+
+    def snapshot(**changes) -> dict:
+        return {**state, "history": history, "best_epoch": best_epoch, "best_value": best_value, **changes}
+
+    for epoch in range(state["epoch"], settings.epochs + 1):
+        if state["stopped"]:
+            break
+        done = state["done"] if epoch == state["epoch"] else 0
+        losses = list(state["losses"]) if epoch == state["epoch"] else []
+
+        def dataset_fn(ctx, epoch=epoch, done=done):
             return make_dataset(
                 files, columns, ctx.get_per_replica_batch_size(batch_size), shuffle=True,
                 seed=settings.seed * 1000 + epoch * 7, num_shards=ctx.num_input_pipelines,
                 shard_index=ctx.input_pipeline_id, drop_remainder=True, repeat=True,
-            )
+            ).skip(done)
 
         batches = iter(strategy.distribute_datasets_from_function(dataset_fn))
         start = time.perf_counter()
-        losses = []
-        for _ in range(steps_per_epoch):
+        for in_epoch in range(done + 1, steps_per_epoch + 1):
             losses.append(float(train_step(next(batches), tf.constant(step, tf.int64))))
             step += 1
+            steps_run += 1
+            if checkpoint is not None and in_epoch < steps_per_epoch and checkpoint.due(step):
+                checkpoint.save(step, snapshot(epoch=epoch, done=in_epoch, losses=losses), best_weights)
         seconds = time.perf_counter() - start
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
-            "examples_per_s": steps_per_epoch * batch_size / max(seconds, 1e-9),
+            "examples_per_s": (steps_per_epoch - done) * batch_size / max(seconds, 1e-9),
             "seconds": seconds,
         }
         line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
@@ -365,14 +461,19 @@ def train_model(
             best_weights = [w.copy() for w in model.get_weights()] if evaluator is not None else None
         history.append(record)
         log(f"{line}, {record['examples_per_s']:,.0f} examples/s, {seconds:.1f}s")
-        if evaluator is not None and settings.patience and epoch - best_epoch >= settings.patience:
+        stop = evaluator is not None and settings.patience and epoch - best_epoch >= settings.patience
+        if checkpoint is not None:
+            checkpoint.save(step, snapshot(epoch=epoch + 1, done=0, losses=[], stopped=bool(stop)), best_weights)
+        if stop:
             log(f"early stop: no better holdout {evaluator.name} for {settings.patience} epochs; "
                 f"keeping epoch {best_epoch}")
             break
-    if best_weights is not None and best_epoch != history[-1]["epoch"]:
+    if checkpoint is not None:
+        checkpoint.close()
+    if best_weights is not None and history and best_epoch != history[-1]["epoch"]:
         model.set_weights(best_weights)
 
-    if _is_chief(strategy):
+    if chief:
         with out_dir.writing_folder() as local:   # Keras saves to a path on this machine's disk
             model.save(os.path.join(local, MODEL_FILE))
         if feature_state_json is not None:
@@ -382,9 +483,12 @@ def train_model(
             "factorised": bool(model.factorised), "settings": dataclasses.asdict(settings),
             "model_params": dict(model_params or {}), "best_epoch": best_epoch,
             "metric": evaluator.name if evaluator else None, "best_metric": best_value,
-            "examples_per_epoch": steps_per_epoch * batch_size, "history": history,
+            "examples_per_epoch": steps_per_epoch * batch_size, "workers": workers,
+            "resumed_from_step": resumed_from, "steps_run": steps_run, "history": history,
         }, indent=2, default=str))
     return TrainResult(
         model_file=out_dir / MODEL_FILE, history=history, examples=steps_per_epoch * batch_size, best_epoch=best_epoch,
         metric=evaluator.name if evaluator else None, best_metric=best_value, factorised=bool(model.factorised),
+        resumed_from_step=resumed_from, steps_run=steps_run, workers=workers,
+        weight_fingerprints=(weights_fingerprint(model.get_weights()),),
     )

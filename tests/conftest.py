@@ -1,4 +1,5 @@
-"""Shared fixtures: one real SparkSession and one real Prefect server per test session, copies of the data fixtures."""
+"""Shared fixtures: one real SparkSession, one real Spark standalone cluster and one real Prefect server per test
+session (each started when a test first asks for it), copies of the data fixtures."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def spark(tmp_path_factory):
     )
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """The URL (``spark://127.0.0.1:PORT``) of a real Spark standalone cluster: a master and one worker with
+    2 cores and 2 GB, started from the pyspark wheel (``tests.fixtures.spark_cluster``) and stopped after the
+    session. Its executors run in the worker's own folders, not in the driver's working directory."""
+    from tests.fixtures.spark_cluster import standalone_cluster
+
+    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster"), cores=2, memory="2g") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -267,3 +267,21 @@ def test_sections_build_their_jobs_settings_with_one_set_of_defaults():
     assert feats == dataclasses.replace(FeatureSettings(), quantiles=(0.5,), seed=5)
     assert cfg.scoring.settings() == ScoringSettings(block_rows=64)
     assert parse_config({}).features.settings(seed=FeatureSettings().seed) == FeatureSettings()
+
+
+def test_training_section_builds_the_launch_settings_and_defaults_to_one_worker_in_process():
+    from models.settings import LaunchSettings
+
+    default = parse_config({}).training.settings()
+    assert default == LaunchSettings() and default.in_process
+    assert (default.workers, default.launcher) == (1, "local")
+    got = parse_config({"training": {"workers": 4, "launcher": "spark", "checkpoint_every_steps": 0,
+                                     "worker_timeout_s": 60}}).training.settings()
+    assert got == LaunchSettings(workers=4, launcher="spark", checkpoint_every_steps=0, worker_timeout_s=60.0)
+    assert not got.in_process
+    with pytest.raises(ConfigError, match=r"'training.launcher': 'yarn' \(Input should be 'local' or 'spark'\)"):
+        parse_config({"training": {"launcher": "yarn"}})
+    with pytest.raises(ConfigError, match="'training.workers': 0"):
+        parse_config({"training": {"workers": 0}})
+    with pytest.raises(ConfigError, match="unknown key 'training.gpus'"):
+        parse_config({"training": {"gpus": 1}})

@@ -1,9 +1,7 @@
 """jobs.run_catalogue: dataset names, completion markers and the publishing protocol."""
 
 import datetime as dt
-import json
 
-import pandas as pd
 import pytest
 
 from jobs import run_catalogue as rc

@@ -19,3 +19,15 @@ def test_score_columns_are_written_without_a_dictionary(spark, tmp_path):
     assert "PLAIN_DICTIONARY" in encodings["item_id"]  # 3 distinct ids: the dictionary stays
     assert not any("DICTIONARY" in e for e in encodings["score"])
     assert pq.read_table(part).column("score").to_pylist()[7] == 1.0
+
+
+def test_executors_run_the_archives_python_when_an_environment_archive_is_shipped():
+    from jobs.session import ARCHIVE_PYTHON, executor_interpreter
+
+    assert executor_interpreter({}, "/venv/bin/python") == "/venv/bin/python"
+    assert executor_interpreter({"spark.archives": "hdfs:///envs/nightrec-env.tar.gz#environment"},
+                                "/venv/bin/python") == ARCHIVE_PYTHON == "./environment/bin/python"
+    assert executor_interpreter({"spark.archives": "env.tar.gz#env",
+                                 "spark.executorEnv.PYSPARK_PYTHON": "./env/bin/python"}, "/venv/bin/python") == "./env/bin/python"
+    # a container image with its own interpreter, no archive
+    assert executor_interpreter({"spark.executorEnv.PYSPARK_PYTHON": "/opt/py/bin/python"}, "/venv/bin/python") == "/opt/py/bin/python"

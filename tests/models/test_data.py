@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.data import count_rows, iter_batches, make_dataset, parquet_files, row_group_units
+from tests.fixtures.models import write_table
 
 
 def _write(root, n_files=3, rows=10):
@@ -93,3 +94,78 @@ def test_repeat_reads_the_shard_again_with_a_new_shuffle(root):
     first, second = np.concatenate(batches[:3]), np.concatenate(batches[3:])
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(30))
     assert first.tolist() != second.tolist()
+
+
+def _reference_batches(files, columns, batch_size, *, seed, pool_rows, num_shards=1, shard_index=0,
+                       drop_remainder=False):
+    """The shuffled batches ``iter_batches`` must yield, written out plainly: the shard's units in a seeded
+    order, each row group read as record batches of at most 8192 rows, converted one by one; when the pool
+    holds ``pool_rows`` rows, its rows in one seeded order are batched, all but ``pool_rows // 2`` of them."""
+    rng = np.random.default_rng(seed)
+    units = [(f, g) for f in files for g in range(pq.ParquetFile(f.local_path).num_row_groups)][shard_index::num_shards]
+    units = [units[i] for i in rng.permutation(len(units))]
+    pool, out = [], []
+
+    def rows_of(table):
+        got = {}
+        for name, pad in columns.items():
+            column = table.column(name).to_pylist()
+            got[name] = (np.array([([*v, *[-1] * pad])[:pad] for v in column], np.int32) if pad
+                         else np.array(column))
+        return [{n: got[n][i] for n in columns} for i in range(table.num_rows)]
+
+    def drain(final):
+        nonlocal pool
+        order = rng.permutation(len(pool))
+        keep = 0 if final else pool_rows // 2
+        n_full = max(0, len(pool) - keep) // batch_size
+        for b in range(n_full):
+            out.append([pool[i] for i in order[b * batch_size:(b + 1) * batch_size]])
+        rest = [pool[i] for i in order[n_full * batch_size:]]
+        pool = []
+        if rest and final and not drop_remainder:
+            out.append(rest)
+        elif rest and not final:
+            pool = rest
+
+    for f, g in units:
+        for record_batch in pq.ParquetFile(f.local_path).read_row_group(g).to_batches(max_chunksize=8192):
+            pool.extend(rows_of(record_batch))
+            if len(pool) >= pool_rows:
+                drain(False)
+    if pool:
+        drain(True)
+    return [{n: np.stack([r[n] for r in batch]) for n in columns} for batch in out]
+
+
+@pytest.mark.parametrize("batch_size, pool_rows, shards, drop", [(1000, 5000, 1, False), (512, 20000, 2, True),
+                                                                 (3000, 65536, 3, False)])
+def test_batches_are_pinned_to_the_plain_pool_algorithm(root, batch_size, pool_rows, shards, drop):
+    # Row groups of 20,000 rows are read as record batches of 8192, 8192 and 3616 rows: the pool drains inside them.
+    rng = np.random.default_rng(0)
+    for f, rows in enumerate((45_000, 12_000)):
+        table = pa.table({"id": np.arange(rows, dtype=np.int64) + 100_000 * f,
+                          "tags": pa.array([list(range(int(k) % 4)) for k in rng.integers(0, 4, rows)],
+                                           pa.list_(pa.int32())),
+                          "x": rng.normal(size=rows)})
+        write_table(root / "t" / f"f{f}", table, row_group_size=20_000)
+    files = parquet_files(root / "t")
+    columns = {"id": 0, "tags": 2, "x": 0}
+    for index in range(shards):
+        expected = _reference_batches(files, columns, batch_size, seed=11, pool_rows=pool_rows, num_shards=shards,
+                                      shard_index=index, drop_remainder=drop)
+        got = list(iter_batches(files, columns, batch_size, seed=11, pool_rows=pool_rows, num_shards=shards,
+                                shard_index=index, drop_remainder=drop))
+        assert len(got) == len(expected) > 0
+        for g, e in zip(got, expected):
+            for name in columns:
+                np.testing.assert_array_equal(g[name], e[name])
+    # make_dataset hands over the same batches (stacked 16 at a time, split again inside tf.data), in model dtypes
+    expected = _reference_batches(files, columns, batch_size, seed=11, pool_rows=65536, drop_remainder=drop)
+    got = list(make_dataset(files, columns, batch_size, seed=11, drop_remainder=drop).as_numpy_iterator())
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g["id"].dtype == np.int32 and g["x"].dtype == np.float32 and g["tags"].dtype == np.int32
+        np.testing.assert_array_equal(g["id"], e["id"])
+        np.testing.assert_array_equal(g["tags"], e["tags"])
+        np.testing.assert_array_equal(g["x"], e["x"].astype(np.float32))
