@@ -18,8 +18,9 @@ import time
 from prefect import flow
 
 from flows.config import NightrecConfig
-from flows.nightly import nightly
+from flows.nightly import HeldBack, nightly
 from flows.runtime import log
+from flows.summary import NightSummary
 from jobs import commit
 from jobs.storage import Location
 
@@ -29,7 +30,8 @@ class NightResult:
     """How one date of a backfill ended.
 
     Attributes:
-        ds: the date; status: "committed", "skipped" (already committed) or "failed".
+        ds: the date; status: "committed", "held_back" (committed, but the quality gate kept a model's
+            tables out), "skipped" (already committed) or "failed".
         seconds: wall time of its run (0 when skipped); rows: recommendation rows committed.
         metric: the headline figure (the first model's holdout nDCG@K), None when not run.
         error: why it failed.
@@ -57,13 +59,18 @@ def _one(ds: dt.date, cfg: NightrecConfig, force: bool, fresh: bool) -> NightRes
     seconds = round(time.perf_counter() - start, 1)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
+        if isinstance(error, HeldBack):
+            return NightResult(ds, "held_back", seconds, rows=_committed_rows(warehouse, ds),
+                               metric=_headline(error.summary), error=str(error))
         text = str(error).strip().splitlines()[0] if isinstance(error, BaseException) else str(state.message)
         return NightResult(ds, "failed", seconds, error=f"{type(error).__name__}: {text}"
                            if isinstance(error, BaseException) else text)
-    summary = state.result()
+    return NightResult(ds, "committed", seconds, rows=_committed_rows(warehouse, ds), metric=_headline(state.result()))
+
+
+def _headline(summary: NightSummary) -> str | None:
     first = next(iter(summary.metrics.values()), None)
-    metric = f"ndcg@{first.k} {first.model['ndcg']:.4f}" if first is not None else None
-    return NightResult(ds, "committed", seconds, rows=_committed_rows(warehouse, ds), metric=metric)
+    return f"ndcg@{first.k} {first.model['ndcg']:.4f}" if first is not None else None
 
 
 @flow(name="nightrec-backfill")
@@ -96,10 +103,12 @@ def format_results(results: list[NightResult]) -> str:
     """One line per date: ds, status, seconds, rows, the headline metric (or the error)."""
     lines = [f"{'ds':<12}{'status':<11}{'seconds':>9}{'rows':>12}  metric / error"]
     for r in results:
-        detail = r.error if r.status == "failed" else (r.metric or "")
+        detail = r.error if r.status in ("failed", "held_back") else (r.metric or "")
         lines.append(f"{r.ds.isoformat():<12}{r.status:<11}{r.seconds:>9.1f}{r.rows:>12,}  {detail}")
     failed = [r for r in results if r.status == "failed"]
+    held = sum(r.status == "held_back" for r in results)
     lines.append(f"{len(results)} dates: {sum(r.status == 'committed' for r in results)} committed, "
-                 f"{sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed"
+                 + (f"{held} held back by the quality gate, " if held else "")
+                 + f"{sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed"
                  + (f" ({', '.join(r.ds.isoformat() for r in failed)})" if failed else ""))
     return "\n".join(lines)

@@ -24,6 +24,8 @@ def _prefect_defaults() -> None:
     # No telemetry from the temporary local server (this machine may be offline).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # The temporary server's default 20 s to start is too short on a busy machine (it imports the whole server).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _date(text: str) -> dt.date:
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--fresh", action="store_true",
                              help="start over instead of reusing the finished steps of a failed attempt")
         command.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+        command.add_argument("--publish-anyway", action="store_true",
+                             help="publish models the quality gate holds back (recorded in the manifests)")
 
     nightly = sub.add_parser("nightly", help="run the nightly flow for one date")
     nightly.add_argument("--ds", type=_date, help="run date YYYY-MM-DD (default: yesterday in schedule.timezone)")
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"warehouse": args.warehouse} if getattr(args, "warehouse", None) else None
     try:
         cfg = load_config(args.config, overrides)
+        if getattr(args, "publish_anyway", False):
+            cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"publish_anyway": True})})
     except ConfigError as exc:
         print(f"nightrec: config error\n{exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -187,8 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "nightly":
         from flows.nightly import nightly
 
+        from flows.nightly import HeldBack
+
         try:
             summary = nightly(ds=args.ds, config=cfg, fresh=args.fresh)
+        except HeldBack as exc:
+            print(exc.summary.to_json() if args.json else exc.summary.format(), flush=True)
+            print(f"nightrec: ds={exc.summary.ds} committed, but {exc}", file=sys.stderr)
+            return EXIT_HELD_BACK
         except Exception as exc:
             return _failed(f"the run for ds={args.ds or 'yesterday'}", exc, args.debug)
         print(summary.to_json() if args.json else summary.format(), flush=True)
@@ -202,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return _failed("the backfill", exc, args.debug)
     print(format_results(results), flush=True)
-    return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+    if any(r.status == "failed" for r in results):
+        return EXIT_FAILED
+    return EXIT_HELD_BACK if any(r.status == "held_back" for r in results) else EXIT_OK
 
 
 if __name__ == "__main__":

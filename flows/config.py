@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from flows.model_config import ModelConfig, Section
-from jobs import features, sources, synthetic
+from jobs import evaluate, features, sources, synthetic
 from jobs.schema import FeatureDecl
 from jobs.recommend import ScoringSettings
 from models.kinds import FACTORISED_KINDS
@@ -216,9 +216,42 @@ class FeatureConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """Holdout evaluation: Recall@k and nDCG@k beside popularity."""
+    """Holdout evaluation: ranking and beyond-accuracy metrics at k beside the baselines, by slice.
+
+    ``min_holdout_users``: fewer evaluated holdout users than this and the
+    night cannot rank models: the run warns and the gate holds every model
+    back (``gate.publish_anyway`` overrides). ``activity_edges``: the upper
+    training-event count of each user-activity slice (5, 20, 100: 1-5, 6-20,
+    21-100, >100). ``slices: false`` evaluates slice "all" only. ``als_baseline``:
+    Spark MLlib ALS (implicit, Spark's defaults) beside popularity as scorer "als".
+    """
 
     k: int = Field(10, ge=1)
+    min_holdout_users: int = Field(10, ge=0)
+    slices: bool = True
+    als_baseline: bool = True
+    activity_edges: list[int] = Field(default_factory=lambda: list(evaluate.DEFAULT_ACTIVITY_EDGES))
+
+    @field_validator("activity_edges")
+    @classmethod
+    def _edges(cls, value: list[int]) -> list[int]:
+        evaluate.activity_buckets(value)  # raises with the rule and an example
+        return value
+
+
+class GateConfig(Section):
+    """The quality gate: a model whose holdout figure is below popularity's, or more than ``margin``
+    (relative) below the last committed night of the same model, is not published.
+
+    ``publish_anyway`` (CLI ``--publish-anyway``) publishes regardless; the
+    decision and the override are recorded in the commit record and the
+    recommendations manifests.
+    """
+
+    enabled: bool = True
+    metric: Literal[evaluate.RANKING_METRICS] = "ndcg"  # type: ignore[valid-type]
+    margin: float = Field(0.05, ge=0.0, lt=1.0, strict=False)
+    publish_anyway: bool = False
 
 
 class PublishConfig(Section):
@@ -330,6 +363,7 @@ class NightrecConfig(Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

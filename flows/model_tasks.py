@@ -9,6 +9,7 @@ import threading
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from flows.config import ModelConfig, NightrecConfig
 from flows.data_tasks import history_task
@@ -30,9 +31,12 @@ def train_task(cfg: NightrecConfig, model_cfg: ModelConfig, cat: RunCatalogue, f
     With ``holdout`` (the eval window) the per-epoch holdout metric drives
     early stopping; the full window trains ``epochs`` (the eval run's best).
     """
+    from models.kinds import KINDS
     from models.train import train_model
 
     window = fitted.name
+    if not KINDS[model_cfg.kind].keras:
+        return _train_als(cfg, model_cfg, cat, fitted)
     user_history = history_task(cfg, cat, fitted, model_cfg) if model_cfg.history_max_len else None
     out = cat.dataset(f"{window}.model/{model_cfg.name}")
     logger = get_run_logger()
@@ -57,6 +61,37 @@ def train_task(cfg: NightrecConfig, model_cfg: ModelConfig, cat: RunCatalogue, f
                         model=out, best_epoch=result.best_epoch, factorised=result.factorised)
 
 
+#: The settings file of an ``als`` model folder (the factors are its embedding tables).
+ALS_FILE = "als.json"
+
+
+def _train_als(cfg: NightrecConfig, model_cfg: ModelConfig, cat: RunCatalogue, fitted: FittedWindow) -> TrainedModel:
+    """Spark MLlib ALS on the window's events (``jobs.als``): its factors saved as the window's embedding
+    tables of the model, its settings as the model folder."""
+    import json
+
+    from jobs import als
+
+    spark = spark_for(cfg)
+    window = fitted.name
+    events = cat.dataset("train" if window == "eval" else "raw.interactions").load(spark)
+    settings = model_cfg.als_settings(seed=cfg.seed)
+    with progress(f"train[{model_cfg.name}/{window}] (Spark ALS)", spark):
+        factors = als.train_als(events, settings)
+        for side in ("user", "item"):
+            table = factors.user_embeddings() if side == "user" else factors.item_embeddings()
+            cat.dataset(f"{window}.embeddings/{model_cfg.name}/{side}").save(table)
+    out = cat.dataset(f"{window}.model/{model_cfg.name}")
+    out.location.delete()
+    (out.location / ALS_FILE).write_text(json.dumps({"kind": model_cfg.kind, **dataclasses.asdict(settings)},
+                                                    indent=2))
+    out.mark_complete()
+    log(f"train[{model_cfg.name}/{window}]: ALS rank {settings.rank}, {settings.max_iter} iterations, "
+        f"{settings.objective}")
+    return TrainedModel(name=model_cfg.name, kind=model_cfg.kind, objective=model_cfg.objective, window=window,
+                        model=out, best_epoch=settings.max_iter, factorised=True)
+
+
 @task(name="embed", cache_policy=NO_CACHE)
 @tracked
 def embed_task(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel, fitted: FittedWindow) -> Embeddings | None:
@@ -71,6 +106,9 @@ def embed_task(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel, fi
 
     if not trained.factorised:
         return None
+    if (trained.model.location / ALS_FILE).is_file():  # ALS saved its factors when it trained
+        return Embeddings(**{side: cat.dataset(f"{fitted.name}.embeddings/{trained.name}/{side}")
+                             for side in ("user", "item")})
     spark = spark_for(cfg)
     spec = fitted.state.model_spec()
     tables = {}
@@ -118,35 +156,157 @@ def _recommend(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, t
                                  build_scorer=build_scorer, retriever=retriever)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-@tracked
-def evaluate_task(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, trained: TrainedModel,
-                  fitted: FittedWindow, vectors: dict[str, Embeddings | None],
-                  holdout: Dataset) -> Evaluation:
-    """P@K, Recall@K, nDCG@K and MAP@K on the holdout beside popularity; RMSE/MAE for rating models."""
-    spark = spark_for(cfg)
+def _holdout_truth(cfg: NightrecConfig, cat: RunCatalogue, spark) -> tuple[DataFrame, DataFrame]:
+    """(train events, the relevant holdout pairs with their ``slice``, cached): the one definition every
+    evaluation of the night uses (``jobs.evaluate.relevant_items``, ``jobs.evaluate.slice_pairs``)."""
     train = cat.dataset("train").load(spark)
-    truth = evaluate.relevant_items(cat.dataset("holdout").load(spark), train).cache()
-    holdout_users = truth.select("user_id").distinct()
-    k = cfg.evaluation.k
-    recs = _recommend(cfg, cat, model_cfg, trained, fitted, vectors, train, holdout_users, k)
-    item_ids = embeddings.read_ids(cat.dataset("eval.item_features").location, "item_id")
-    pop = recommend.popularity(train, holdout_users, item_ids, k, cfg.scoring.settings())
-    result = Evaluation(k=k, model=evaluate.ranking_metrics(recs, truth, k),
-                        popularity=evaluate.ranking_metrics(pop, truth, k))
-    truth.unpersist()
-    m, p = result.model, result.popularity
-    line = (f"evaluate[{model_cfg.name}]: recall@{k} {m['recall']:.4f} vs popularity {p['recall']:.4f}; "
-            f"ndcg@{k} {m['ndcg']:.4f} vs {p['ndcg']:.4f} ({m['users']:,} holdout users)")
-    if trained.objective == "rating":
+    truth = evaluate.relevant_items(cat.dataset("holdout").load(spark), train)
+    if cfg.evaluation.slices:
+        truth = evaluate.slice_pairs(truth, train, activity_edges=cfg.evaluation.activity_edges)
+    return train, truth.cache()
+
+
+def _item_genres(cat: RunCatalogue, spark) -> DataFrame | None:
+    """The items' genre sets when the source's item table has a ``genres`` column (None otherwise)."""
+    items = cat.dataset("raw.items").load_optional(spark)
+    if items is None or "genres" not in items.columns:
+        return None
+    return evaluate.item_genres(items)
+
+
+def _list_rows(lists: DataFrame, truth: DataFrame, train: DataFrame, catalogue: DataFrame, genres, *,
+               model: str, scorer: str, k: int) -> list[evaluate.MetricRow]:
+    """Ranking metrics by slice and the beyond-accuracy metrics of one scorer's top-k lists."""
+    rows = evaluate.metric_rows(evaluate.ranking_evaluation(lists, truth, [k]), model=model, scorer=scorer)
+    if lists.limit(1).count():
+        rows += evaluate.metric_rows(evaluate.beyond_accuracy(lists, train=train, catalogue=catalogue, k=k,
+                                                              genres=genres), model=model, scorer=scorer)
+    return rows
+
+
+def headline(rows, scorer: str) -> dict[str, float]:
+    """The slice "all" ranking figures of ``scorer`` among metrics-table rows (zeros, users 0: no user)."""
+    found = {r["metric"]: r for r in rows if r["scorer"] == scorer and r["slice"] == evaluate.ALL
+             and r["metric"] in evaluate.RANKING_METRICS}
+    out = {m: float(found[m]["value"]) if m in found else 0.0 for m in evaluate.RANKING_METRICS}
+    out["users"] = int(found["ndcg"]["users"]) if "ndcg" in found else 0
+    return out
+
+
+def _rating_figures(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel,
+                    vectors: dict[str, Embeddings | None], holdout: Dataset, train: DataFrame) -> dict[str, float]:
+    """{"rmse", "mae", "rows"} of a rating model on the held-out ratings: a Keras model through
+    ``models.evaluation.RatingHoldout``; ALS by the dot product of its factors (the training mean where
+    it has none)."""
+    if not (trained.model.location / ALS_FILE).is_file():
         from models.evaluation import RatingHoldout
         from models.registry import load_model
 
         model = load_model(trained.model_file)
-        result = dataclasses.replace(result, rating=RatingHoldout(holdout.location, model.spec).evaluate(model))
-        line += f"; rmse {result.rating['rmse']:.4f}, mae {result.rating['mae']:.4f}"
-    log(line)
+        return RatingHoldout(holdout.location, model.spec).evaluate(model)
+    spark = spark_for(cfg)
+    own = vectors[trained.name]
+    mean = train.where("rating IS NOT NULL").agg(F.avg("rating")).first()[0] or 0.0
+    users = own.user.load(spark).withColumnRenamed("embedding", "_u")
+    items = own.item.load(spark).withColumnRenamed("embedding", "_i")
+    dot = F.aggregate(F.zip_with("_u", "_i", lambda a, b: a * b), F.lit(0.0).cast("double"), lambda acc, x: acc + x)
+    rows = (cat.dataset("holdout").load(spark).where("rating IS NOT NULL")
+            .join(users, "user_id", "left").join(items, "item_id", "left")
+            .withColumn("prediction", F.coalesce(dot, F.lit(float(mean)))))
+    figures = {r["metric"]: (r["value"], r["users"]) for r in evaluate.rating_evaluation(rows).collect()}
+    n = int(figures["rmse"][1]) if figures else 0
+    return {"rmse": float(figures["rmse"][0]) if n else 0.0, "mae": float(figures["mae"][0]) if n else 0.0,
+            "rows": n}
+
+
+@task(name="evaluate-baselines", cache_policy=NO_CACHE)
+@tracked
+def baselines_task(cfg: NightrecConfig, cat: RunCatalogue, fitted: FittedWindow) -> Evaluation:
+    """The baselines on the holdout, by slice, with their beyond-accuracy metrics (the same for every model):
+    popularity, and (``evaluation.als_baseline``) Spark MLlib ALS, implicit, with Spark's default settings
+    (rank 10, 10 iterations, reg_param 0.1, alpha 1), scored by the exhaustive top-K job.
+
+    Returns:
+        Evaluation with ``popularity`` (slice "all") and ``rows`` of model "" and scorers "popularity"
+        (and "als"); ``model`` is empty.
+    """
+    spark = spark_for(cfg)
+    k = cfg.evaluation.k
+    train, truth = _holdout_truth(cfg, cat, spark)
+    users = truth.select("user_id").distinct()
+    item_ids = embeddings.read_ids(cat.dataset("eval.item_features").location, "item_id")
+    catalogue = cat.dataset("eval.item_features").load(spark).select("item_id")
+    genres = _item_genres(cat, spark)
+    lists = {"popularity": recommend.popularity(train, users, item_ids, k, cfg.scoring.settings())}
+    if cfg.evaluation.als_baseline:
+        from jobs import als
+
+        factors = als.train_als(train, als.ALSSettings(seed=cfg.seed))
+        als_items, als_matrix = embeddings.collect_embeddings(factors.item_embeddings(), "item_id")
+        lists["als"] = recommend.from_embeddings(
+            users=users, user_features=cat.dataset("eval.user_features").load(spark), state=fitted.state,
+            seen_events=train, user_embeddings=factors.user_embeddings(), item_ids=als_items,
+            item_matrix=als_matrix, k=k, settings=cfg.scoring.settings())
+    rows = []
+    for scorer, recs in lists.items():
+        recs = recs.cache()
+        rows += _list_rows(recs, truth, train, catalogue, genres, model="", scorer=scorer, k=k)
+        recs.unpersist()
+    truth.unpersist()
+    records = tuple(dataclasses.asdict(r) for r in rows)
+    result = Evaluation(k=k, model={}, popularity=headline(records, "popularity"), rows=records)
+    n = result.popularity["users"]
+    als_ndcg = headline(records, "als")["ndcg"] if "als" in lists else None
+    log(f"evaluate[baselines]: ndcg@{k} popularity {result.popularity['ndcg']:.4f}"
+        + (f", als {als_ndcg:.4f}" if als_ndcg is not None else "") + f" over {n:,} holdout users")
+    if n < cfg.evaluation.min_holdout_users:
+        log(f"evaluate: WARNING: the holdout has {n:,} users with relevant items, fewer than "
+            f"evaluation.min_holdout_users = {cfg.evaluation.min_holdout_users:,}: the night cannot rank models "
+            f"and the gate holds them back (split.holdout_days widens the holdout; gate.publish_anyway overrides)")
     return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+@tracked
+def evaluate_task(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, trained: TrainedModel,
+                  fitted: FittedWindow, vectors: dict[str, Embeddings | None],
+                  holdout: Dataset, baselines: Evaluation) -> Evaluation:
+    """The model's ranking metrics by slice and beyond-accuracy metrics on the holdout, beside the night's
+    baselines (``baselines_task``); RMSE/MAE beside the user-mean and item-mean baselines for rating models.
+
+    Returns:
+        Evaluation: slice "all" figures of the model and popularity, and every row of the metrics table
+        of this model (scorers "model", "popularity", and "user_mean" / "item_mean" for rating models).
+    """
+    spark = spark_for(cfg)
+    k = cfg.evaluation.k
+    name = model_cfg.name
+    train, truth = _holdout_truth(cfg, cat, spark)
+    users = truth.select("user_id").distinct()
+    recs = _recommend(cfg, cat, model_cfg, trained, fitted, vectors, train, users, k).cache()
+    catalogue = cat.dataset("eval.item_features").load(spark).select("item_id")
+    rows = _list_rows(recs, truth, train, catalogue, _item_genres(cat, spark), model=name, scorer="model", k=k)
+    recs.unpersist()
+    truth.unpersist()
+    records = [dataclasses.asdict(r) for r in rows]
+    records += [{**r, "model": name} for r in baselines.rows]
+    m, p = headline(records, "model"), baselines.popularity
+    line = (f"evaluate[{name}]: recall@{k} {m['recall']:.4f} vs popularity {p['recall']:.4f}; "
+            f"ndcg@{k} {m['ndcg']:.4f} vs {p['ndcg']:.4f} ({m['users']:,} holdout users)")
+    rating = None
+    if trained.objective == "rating":
+        rating = _rating_figures(cfg, cat, trained, vectors, holdout, train)
+        records += [dataclasses.asdict(evaluate.MetricRow(name, "model", evaluate.ALL, metric, None,
+                                                          float(rating[metric]), int(rating["rows"])))
+                    for metric in evaluate.RATING_METRICS if rating["rows"]]
+        rated = cat.dataset("holdout").load(spark).where("rating IS NOT NULL")
+        if rating["rows"] and train.where("rating IS NOT NULL").limit(1).count():
+            for scorer, predicted in evaluate.mean_baselines(train, rated).items():
+                records += [dataclasses.asdict(r) for r in evaluate.metric_rows(
+                    evaluate.rating_evaluation(predicted), model=name, scorer=scorer)]
+        line += f"; rmse {rating['rmse']:.4f}, mae {rating['mae']:.4f}"
+    log(line)
+    return Evaluation(k=k, model=m, popularity=p, rating=rating, rows=tuple(records))
 
 
 @task(name="score", cache_policy=NO_CACHE)

@@ -12,6 +12,7 @@ only in the final publish task, each partition atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import time
@@ -22,15 +23,29 @@ from pyspark.sql import functions as F
 
 from flows.config import NightrecConfig
 from flows.data_tasks import features_task, holdout_examples_task, ingest_task, split_task
-from flows.model_tasks import embed_task, evaluate_task, score_task, train_task
+from flows.model_tasks import baselines_task, embed_task, evaluate_task, score_task, train_task
 from flows.publish_tasks import publish_task
 from flows.run_record import RunRecord, stale_work
 from flows.runtime import log, spark_for, with_retries
 from flows.summary import Embeddings, Evaluation, FittedWindow, Ingested, NightSummary, Split, TrainedModel
-from jobs import commit, sources
+from jobs import commit, gate, sources
 from jobs.run_catalogue import RunCatalogue
 from jobs.run_lock import RunLock
 from jobs.storage import Location
+
+
+class HeldBack(RuntimeError):
+    """The night was committed, but the quality gate held back at least one model's tables.
+
+    Attributes:
+        summary: the night's NightSummary (``gate`` says which model, which figure, by how much).
+    """
+
+    def __init__(self, summary: NightSummary):
+        self.summary = summary
+        lines = [d["message"] for d in summary.gate.values() if d["model"] in summary.held_back]
+        super().__init__("the quality gate held back " + "; ".join(lines)
+                         + " (the previous tables stay; --publish-anyway or gate.publish_anyway publishes)")
 
 
 def nightrec_version() -> str:
@@ -59,6 +74,7 @@ def nightly(ds: dt.date | None = None, config: NightrecConfig | None = None, fre
 
     Raises:
         jobs.run_lock.RunLockedError: another live run of this ds holds the lock.
+        HeldBack: the night was committed without the tables of a model the quality gate held back.
     """
     started = time.perf_counter()
     cfg = config or NightrecConfig()
@@ -84,6 +100,8 @@ def nightly(ds: dt.date | None = None, config: NightrecConfig | None = None, fre
     commit.cleanup_staging(warehouse, live=live, log=log)
     for folder in stale_work(warehouse, keep_days=cfg.retention.failed_work_days, live_runs=live):
         folder.delete()
+    if summary.held_back:
+        raise HeldBack(summary)
     return summary
 
 
@@ -111,22 +129,25 @@ def _night(cfg: NightrecConfig, cat: RunCatalogue, run: RunRecord, fingerprint: 
     trained: dict[str, dict[str, TrainedModel]] = {"eval": {}}
     vectors: dict[str, dict[str, Embeddings | None]] = {"eval": {}}
     metrics: dict[str, Evaluation] = {}
+    baselines = step("evaluate:baselines", Evaluation, baselines_task, cfg, cat, fitted["eval"])
     for m in cfg.models:
         trained["eval"][m.name] = step(f"train:{m.name}:eval", TrainedModel, train_task, cfg, m, cat, fitted["eval"],
                                        holdout=holdout)
         vectors["eval"][m.name] = step(f"embed:{m.name}:eval", Embeddings, embed_task, cfg, cat,
                                        trained["eval"][m.name], fitted["eval"])
         metrics[m.name] = step(f"evaluate:{m.name}", Evaluation, evaluate_task, cfg, cat, m, trained["eval"][m.name],
-                               fitted["eval"], vectors["eval"], holdout)
+                               fitted["eval"], vectors["eval"], holdout, baselines)
+    decisions = _gate(cfg, cat, metrics)
+    publishing = [m for m in cfg.models if decisions[m.name]["published"]]
     window = "full" if cfg.publish.refit_on_full else "eval"
     if window == "full":
         fitted["full"] = step("features:full", FittedWindow, features_task, cfg, cat, "full", ingested)
         trained["full"] = {m.name: step(f"train:{m.name}:full", TrainedModel, train_task, cfg, m, cat, fitted["full"],
-                                        epochs=trained["eval"][m.name].best_epoch) for m in cfg.models}
+                                        epochs=trained["eval"][m.name].best_epoch) for m in publishing}
         vectors["full"] = {m.name: step(f"embed:{m.name}:full", Embeddings, embed_task, cfg, cat,
-                                        trained["full"][m.name], fitted["full"]) for m in cfg.models}
+                                        trained["full"][m.name], fitted["full"]) for m in publishing}
     scored = {m.name: step(f"score:{m.name}", None, score_task, cfg, cat, m, trained[window][m.name], fitted[window],
-                           vectors[window]) for m in cfg.models}
+                           vectors[window]) for m in publishing}
     spark = spark_for(cfg)
     raw = cat.dataset("raw.interactions").load(spark)
     newest = raw.agg(F.max("ts")).first()[0]
@@ -138,11 +159,42 @@ def _night(cfg: NightrecConfig, cat: RunCatalogue, run: RunRecord, fingerprint: 
                             "steps_reused": [s for s in run.reused if f":{m.name}" in s]} for m in cfg.models},
     }
     record = with_retries(publish_task, cfg)(cfg, cat, window, scored, trained[window], vectors[window], metrics,
-                                             ingested, split_counts, trust)
+                                             ingested, split_counts, {**trust, "gate": decisions})
     published = {"/".join([p["table"], *p["keys"].values()]): cat.warehouse / p["path"] for p in record["partitions"]}
     return NightSummary(
         ds=cat.ds, warehouse=cat.warehouse, users=raw.select("user_id").distinct().count(),
         items=raw.select("item_id").distinct().count(), ingested=ingested, split=split_counts, metrics=metrics,
         published=published, seconds=round(time.perf_counter() - started, 1), run_id=cat.run_id,
-        reused=tuple(run.reused),
+        reused=tuple(run.reused), gate=decisions,
     )
+
+
+def _gate(cfg: NightrecConfig, cat: RunCatalogue, metrics: dict[str, Evaluation]) -> dict[str, dict]:
+    """The quality gate's decision per model (``jobs.gate``), with the override and whether it publishes.
+
+    Returns:
+        {model: GateDecision fields + previous_ds (the night ``previous`` is from), override (published
+        by ``gate.publish_anyway`` although held back) and published}.
+    """
+    out = {}
+    g, k = cfg.gate, cfg.evaluation.k
+    for name, result in metrics.items():
+        if not g.enabled:
+            out[name] = {"model": name, "status": "not_gated", "message": f"{name}: the gate is off (gate.enabled)",
+                         "override": False, "published": True}
+            continue
+        previous = gate.last_committed_figure(cat.warehouse, cat.ds, name, metric=g.metric, k=k)
+        decision = gate.gate_decision(
+            model=name, value=result.model[g.metric] if result.model["users"] else None,
+            popularity=result.popularity[g.metric], previous=previous[1] if previous else None,
+            users=result.model["users"], min_users=cfg.evaluation.min_holdout_users, margin=g.margin,
+            metric=g.metric, k=k)
+        override = not decision.publish and g.publish_anyway
+        out[name] = {**dataclasses.asdict(decision), "previous_ds": previous[0] if previous else None,
+                     "override": override, "published": decision.publish or override}
+        if decision.publish:
+            log(f"gate: {decision.message}: published")
+        else:
+            log(f"gate: {decision.message}: " + ("published anyway (gate.publish_anyway)" if override else
+                                                 "held back, the previous tables stay"))
+    return out

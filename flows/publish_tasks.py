@@ -29,10 +29,13 @@ def publish_task(cfg: NightrecConfig, cat: RunCatalogue, window: str, scored: di
     """Stage features, examples, quarantine, metrics, models and recommendations; check the recommendations;
     commit the night (one commit record, then the latest pointers).
 
+    Only the models in ``scored`` are published (the quality gate left out the others: their
+    previous tables and pointers stay); the metrics table has the figures of every model.
+
     Args:
         trust: what every manifest and the commit record say so that a reader can trust the night
             (nightrec version, newest event time, source fingerprint, the effective config, per model the
-            chosen epoch and the steps reused from an earlier attempt).
+            chosen epoch and the steps reused from an earlier attempt, the quality gate's decisions).
 
     Returns:
         The commit record.
@@ -55,8 +58,9 @@ def publish_task(cfg: NightrecConfig, cat: RunCatalogue, window: str, scored: di
         pause_point("publish:staging")
         stage("training_examples", cat.dataset(f"{window}.examples").load(spark), {"window": window})
         stage("quarantine", cat.dataset("raw.quarantine").load(spark), {"reasons": ingested.quarantined})
-        stage("metrics", evaluate.metrics_frame(spark, {name: e.as_dict() for name, e in metrics.items()}), {},
-              sort_by=("model", "scorer", "metric"))
+        rows = [evaluate.MetricRow(**r) for e in metrics.values() for r in e.rows]
+        stage("metrics", evaluate.metrics_table(spark, rows), {"k": cfg.evaluation.k},
+              sort_by=evaluate.METRICS_TABLE_KEY)
         for name, recs in scored.items():
             model_version = MODEL_VERSION_FORMAT.format(name=name, ds=cat.ds.isoformat())
             tables = vectors.get(name)

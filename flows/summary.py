@@ -131,12 +131,22 @@ class Embeddings:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """Holdout metrics of one model beside popularity (``jobs.evaluate.ranking_metrics`` dicts)."""
+    """Holdout metrics of one model beside the baselines.
+
+    Attributes:
+        k: the cut-off.
+        model, popularity: slice "all" figures (``jobs.evaluate.ranking_metrics`` dicts: precision,
+            recall, ndcg, map, mrr, hit_rate, users).
+        rating: RMSE / MAE / rows of a rating model (None otherwise).
+        rows: every figure of the model and its baselines as metrics-table rows
+            (``jobs.evaluate.MetricRow`` fields), slices and beyond-accuracy metrics included.
+    """
 
     k: int
     model: dict[str, float]
     popularity: dict[str, float]
     rating: dict[str, float] | None = None
+    rows: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out = {"k": self.k, "model": self.model, "popularity": self.popularity}
@@ -145,11 +155,11 @@ class Evaluation:
         return out
 
     def to_record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "rows": list(self.rows)}
 
     @classmethod
     def from_record(cls, data: dict[str, Any], cat: RunCatalogue) -> "Evaluation":
-        return cls(**data)
+        return cls(**{**data, "rows": tuple(data.get("rows", ()))})
 
 
 def run_counts(ingested: Ingested, split: Split) -> dict[str, Any]:
@@ -176,6 +186,12 @@ class NightSummary:
     seconds: float
     run_id: str = ""
     reused: tuple[str, ...] = ()
+    gate: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    @property
+    def held_back(self) -> list[str]:
+        """The models whose tables the quality gate kept out of this night."""
+        return [name for name, d in self.gate.items() if not d["published"]]
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready values (``--json``)."""
@@ -191,6 +207,8 @@ class NightSummary:
             "seconds": self.seconds,
             "run_id": self.run_id,
             "reused": list(self.reused),
+            "gate": self.gate,
+            "held_back": self.held_back,
         }
 
     def to_json(self) -> str:
@@ -218,7 +236,15 @@ class NightSummary:
             if result.rating is not None:
                 r = result.rating
                 lines.append(f"    rating error on {r['rows']:,} holdout rows: RMSE {r['rmse']:.4f}, MAE {r['mae']:.4f}")
+            if name in self.gate:
+                lines.append(f"    gate: {self._gate_line(name)}")
         return "\n".join(lines)
+
+    def _gate_line(self, name: str) -> str:
+        d = self.gate[name]
+        verdict = ("PUBLISHED ANYWAY (override)" if d["override"] else "published" if d["published"]
+                   else "HELD BACK: the previous tables stay")
+        return f"{d['message']}: {verdict}"
 
     def markdown(self) -> str:
         """The summary as a Markdown table (the run's Prefect artifact)."""
@@ -233,6 +259,9 @@ class NightSummary:
             for label, row in ((name, result.model), ("popularity", result.popularity)):
                 lines.append(f"| {name} | {label} | {row['recall']:.4f} | {row['ndcg']:.4f} | "
                              f"{row['precision']:.4f} | {row['map']:.4f} | {row['users']:,} |")
+        if self.gate:
+            lines += ["", "| model | quality gate |", "|---|---|"]
+            lines += [f"| {name} | {self._gate_line(name)} |" for name in self.gate]
         lines += ["", "| table | committed partition |", "|---|---|"]
         lines += [f"| {table} | `{loc.display()}` |" for table, loc in self.published.items()]
         return "\n".join(lines)

@@ -9,8 +9,12 @@ than ``min_users`` evaluated users cannot rank models and is not evaluable.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 from typing import Literal
+
+from jobs import commit
+from jobs.storage import Location
 
 PUBLISH, HELD_BACK, NOT_EVALUABLE = "publish", "held_back", "not_evaluable"
 #: Relative drops within this much of the margin count as inside it (float rounding: 0.095 vs 0.1 at 5%).
@@ -116,3 +120,31 @@ def gate_decision(*, model: str, value: float | None, popularity: float | None, 
     against_previous = (f"is not more than {100 * margin:g}% below the last committed night's {_fmt(previous)}"
                         if previous is not None else "has no committed night before it")
     return GateDecision(status=PUBLISH, message=f"{head} {against_popularity} and {against_previous}", **fields)
+
+
+def last_committed_figure(warehouse: Location, ds: dt.date, model: str, *, metric: str = "ndcg", k: int = 10
+                          ) -> tuple[str, float] | None:
+    """The figure of ``model`` on the latest committed night before ``ds`` that published its recommendations.
+
+    Reads that night's ``metrics`` partition (as its commit record lists it): the row model = ``model``,
+    scorer "model", slice "all", ``metric`` at ``k``.
+
+    Returns:
+        (that night's ds, the figure), or None when no earlier night published the model (or its
+        metrics table has no such row).
+    """
+    nights = sorted((name[len("ds="):-len(".json")] for name in (warehouse / commit.COMMITS).names()
+                     if name.startswith("ds=") and name.endswith(".json")), reverse=True)
+    for night in (n for n in nights if n < ds.isoformat()):
+        record = commit.commit_record(warehouse, night) or {}
+        parts = record.get("partitions", [])
+        if not any(p["table"] == "recommendations" and p["keys"].get("model") == model for p in parts):
+            continue
+        metrics = [p["path"] for p in parts if p["table"] == "metrics"]
+        if not metrics:
+            return None
+        table = (warehouse / metrics[0]).read_parquet().to_pandas()
+        hit = table[(table.model == model) & (table.scorer == "model") & (table.slice == "all")
+                    & (table.metric == metric) & (table.k == k)]
+        return (night, float(hit.value.iloc[0])) if len(hit) else None
+    return None

@@ -22,6 +22,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 #: Hadoop's names for object stores whose pyarrow file system has another scheme.
@@ -235,6 +236,15 @@ class Location:
         return [self / rel for rel in sorted(found)]
 
     # -- reading and writing ---------------------------------------------------------------
+    def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
+        """The Parquet data files of ``files(".parquet")`` as one pyarrow table (small tables, on the driver)."""
+        import pyarrow.dataset as pads
+
+        found = self.files(".parquet")
+        if not found:
+            raise FileNotFoundError(f"{self.display()}: no Parquet files")
+        return pads.dataset([f.path for f in found], format="parquet", filesystem=self.fs).to_table(columns=columns)
+
     def open_input(self):
         """A random-access pyarrow file (e.g. for ``pyarrow.parquet.ParquetFile``)."""
         try:

@@ -45,7 +45,6 @@ from jobs.evaluate.table import (
     METRICS_TABLE_SCHEMA,
     MetricRow,
     metric_rows,
-    metrics_frame,
     metrics_table,
 )
 
@@ -71,7 +70,6 @@ __all__ = [
     "item_slices",
     "mean_baselines",
     "metric_rows",
-    "metrics_frame",
     "metrics_table",
     "per_user_metrics",
     "per_user_ranking",

@@ -46,7 +46,7 @@ from jobs.evaluate.layout import ALL, long_form
 
 #: The ranking metrics, as named in the ``metric`` column of the metrics table.
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate")
-#: The metrics of ``ranking_metrics`` (the nightly summary and ``metrics_frame``).
+#: The metrics of ``ranking_metrics``.
 METRICS = ("precision", "recall", "ndcg", "map")
 
 

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.evaluate.layout import ALL, EVALUATION_COLUMNS
-from jobs.evaluate.ranking import METRICS
+from jobs.evaluate.layout import EVALUATION_COLUMNS
 
 METRICS_TABLE_SCHEMA = ("model string, scorer string, slice string, metric string, k int, value double, "
                         "users long")
@@ -85,25 +84,3 @@ def metrics_table(spark: SparkSession, rows: Iterable[MetricRow]) -> DataFrame:
             raise ValueError(f"metrics table: {r.metric} of {r.model}/{r.scorer} ({r.slice}) is {r.value}, "
                              "expected a finite value")
     return spark.createDataFrame([dataclasses.astuple(r) for r in rows], METRICS_TABLE_SCHEMA)
-
-
-def metrics_frame(spark: SparkSession, results: Mapping[str, Mapping]) -> DataFrame:
-    """The ``metrics`` table from each model's holdout results of ``ranking_metrics`` (all in slice ``"all"``).
-
-    Args:
-        results: {model name: {"k", "model": ranking_metrics, "popularity": ranking_metrics,
-            "rating": {"rmse", "mae", "rows"} (rating models only)}}.
-
-    Returns:
-        ``metrics_table`` of one row per model x scorer ("model" or "popularity") x metric
-        (``METRICS``); a rating model's RMSE and MAE have k null and count holdout rows in ``users``.
-    """
-    rows = []
-    for name, result in results.items():
-        for scorer in ("model", "popularity"):
-            rows += [MetricRow(name, scorer, ALL, metric, int(result["k"]), float(result[scorer][metric]),
-                               int(result[scorer]["users"])) for metric in METRICS]
-        if "rating" in result:
-            rows += [MetricRow(name, "model", ALL, metric, None, float(result["rating"][metric]),
-                               int(result["rating"]["rows"])) for metric in ("rmse", "mae")]
-    return metrics_table(spark, rows)

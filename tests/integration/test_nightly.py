@@ -14,9 +14,9 @@ from tests.fixtures.tiny_night import DS, K, TINY, events_through_ds, run_nightl
 
 @pytest.fixture(scope="module")
 def run(spark, prefect_server, tmp_path_factory):
-    """The default run, with the warehouse given as a file:// URI."""
+    """The default run (with the ALS baseline), with the warehouse given as a file:// URI."""
     warehouse = tmp_path_factory.mktemp("night") / "warehouse"
-    config = {**TINY, "warehouse": "file://" + str(warehouse)}
+    config = {**TINY, "warehouse": "file://" + str(warehouse), "evaluation": {"k": K}}
     return warehouse, config, run_nightly(config)
 
 
@@ -116,6 +116,7 @@ MULTI = {
          "negative_ratio": 2},
         {"name": "reranked", "kind": "deepfm", "embedding_dim": 4, "deep_layers": [8], "epochs": 1,
          "batch_size": 128, "negative_ratio": 2, "retrieve_with": "ratings", "candidates": 12},
+        {"name": "als", "kind": "als", "embedding_dim": 6, "max_iter": 4},
     ],
     "publish": {"k": K, "refit_on_full": False},
 }
@@ -160,9 +161,12 @@ def test_several_models_are_trained_evaluated_and_published(multi_run):
         assert not any((u, i) in rated for u, i in zip(recs.user_id, recs.item_id))
     metrics = pd.read_parquet(warehouse / "metrics" / f"ds={DS}")
     rating_rows = metrics[metrics.metric.isin(["rmse", "mae"])]
-    assert set(rating_rows.model) == {"ratings"} and set(rating_rows.scorer) == {"model"}
+    assert set(rating_rows.model) == {"ratings"}
+    assert set(rating_rows.scorer) == {"model", "user_mean", "item_mean"}
     assert rating_rows.k.isna().all() and (rating_rows.value > 0).all()
-    assert set(metrics[metrics.model == "dfm"].metric) == {"precision", "recall", "ndcg", "map"}
+    assert set(metrics[metrics.model == "dfm"].metric) == {
+        "precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "novelty", "popularity_bias",
+        "exposure_gini", "genre_diversity"}
     assert summary["metrics"]["ratings"]["rating"]["rows"] > 0
     ratings_dir = warehouse / "models" / f"ds={DS}" / "model=ratings"
     dfm_dir = warehouse / "models" / f"ds={DS}" / "model=dfm"

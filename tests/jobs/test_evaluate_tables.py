@@ -85,22 +85,6 @@ def test_metrics_table_one_row_per_key(spark):
         evaluate.metrics_table(spark, [evaluate.MetricRow("tt", "model", "all", "ndcg", 10, float("nan"), 0)])
 
 
-def test_metrics_frame_of_the_nightly_results(spark):
-    ranking = {"precision": 0.1, "recall": 0.2, "ndcg": 0.3, "map": 0.4, "users": 7}
-    popular = {"precision": 0.01, "recall": 0.02, "ndcg": 0.03, "map": 0.04, "users": 7}
-    results = {
-        "tt": {"k": 5, "model": ranking, "popularity": popular},
-        "mf": {"k": 5, "model": ranking, "popularity": popular, "rating": {"rmse": 0.9, "mae": 0.7, "rows": 40}},
-    }
-    rows = {(r.model, r.scorer, r.metric): (r.slice, r.k, r.value, r.users)
-            for r in evaluate.metrics_frame(spark, results).collect()}
-    assert len(rows) == 2 * 2 * 4 + 2
-    assert rows["tt", "model", "ndcg"] == ("all", 5, 0.3, 7)
-    assert rows["mf", "popularity", "map"] == ("all", 5, 0.04, 7)
-    assert rows["mf", "model", "rmse"] == ("all", None, 0.9, 40)
-    assert ("tt", "model", "rmse") not in rows
-
-
 def test_ranking_holdout_routes_users_and_fixes_the_popularity_lists(spark):
     state = FeatureState(user_vocab=[1, 2], item_vocab=[10, 20, 30], vocabs={}, scalers={},
                          decls={"user": [], "item": []}, global_mean=0.0, max_multi_len={})

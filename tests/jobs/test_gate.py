@@ -52,3 +52,37 @@ def test_bad_arguments_are_refused():
         gate_decision(value=0.1, popularity=0.1, previous=None, **{**BASE, "margin": 5})
     with pytest.raises(ValueError, match="finite"):
         gate_decision(value=float("nan"), popularity=0.1, previous=None, **BASE)
+
+
+def test_the_previous_figure_is_the_last_earlier_night_that_published_the_model(tmp_path):
+    import datetime as dt
+    import json
+
+    import pandas as pd
+
+    from jobs.gate import last_committed_figure
+    from jobs.storage import Location
+
+    def night(ds, value, published):
+        folder = tmp_path / "metrics" / f"ds={ds}"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"model": ["a", "a", "a"], "scorer": ["model", "popularity", "model"],
+                      "slice": ["all", "all", "users:cold"], "metric": ["ndcg"] * 3, "k": [10, 10, 10],
+                      "value": [value, 0.5, 0.9], "users": [20, 20, 3]}).to_parquet(folder / "part-0.parquet")
+        parts = [{"table": "metrics", "keys": {}, "path": f"metrics/ds={ds}", "manifest": {}}]
+        if published:
+            parts.append({"table": "recommendations", "keys": {"model": "a"},
+                          "path": f"recommendations/ds={ds}/model=a", "manifest": {}})
+        (tmp_path / "_commits").mkdir(exist_ok=True)
+        (tmp_path / "_commits" / f"ds={ds}.json").write_text(json.dumps({"ds": ds, "partitions": parts}))
+
+    night("2024-03-28", 0.31, True)
+    night("2024-03-29", 0.25, True)
+    night("2024-03-30", 0.12, False)  # held back: not what the next night compares with
+    night("2024-04-02", 0.40, True)   # later than the night asking (a backfill): ignored
+    wh = Location(str(tmp_path))
+    assert last_committed_figure(wh, dt.date(2024, 3, 31), "a", metric="ndcg", k=10) == ("2024-03-29", 0.25)
+    assert last_committed_figure(wh, dt.date(2024, 3, 29), "a", metric="ndcg", k=10) == ("2024-03-28", 0.31)
+    assert last_committed_figure(wh, dt.date(2024, 3, 28), "a", metric="ndcg", k=10) is None
+    assert last_committed_figure(wh, dt.date(2024, 3, 31), "b", metric="ndcg", k=10) is None
+    assert last_committed_figure(wh, dt.date(2024, 3, 31), "a", metric="ndcg", k=5) is None
