@@ -62,7 +62,8 @@ class AnnSettings:
         index: ``flat`` (exact inner-product search: a check, not a speed-up), ``ivf`` (k-means cells,
             ``nlist`` of them, ``nprobe`` searched per user) or ``hnsw`` (a graph of ``hnsw_m`` links per
             node, ``ef_construction`` / ``ef_search`` beam widths).
-        nlist: IVF cells; None: about 4 sqrt(items), at most items / 39 (k-means wants >= 39 points a cell).
+        nlist: IVF cells; None: about 4 sqrt(items), at most (training items) / 39 (k-means wants >= 39
+            training points a cell).
         nprobe: IVF cells searched per user.
         hnsw_m: HNSW links per node.
         ef_construction: HNSW beam width while building.
@@ -110,7 +111,7 @@ class AnnSettings:
         """The IVF cell count for a catalogue of ``m`` items."""
         if self.nlist is not None:
             return min(self.nlist, m)
-        return max(1, min(int(4 * math.sqrt(m)), m // 39))
+        return max(1, min(int(4 * math.sqrt(m)), min(m, self.train_sample) // 39))
 
 
 def build_index(item_matrix: np.ndarray, settings: AnnSettings) -> Any:

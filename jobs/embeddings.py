@@ -25,6 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
+from jobs.arrays import unit_rows
 from jobs.scoring import float_matrix, spark_id_type, worker_cached
 from jobs.run_catalogue import MANIFEST
 from jobs.storage import Location
@@ -136,11 +137,6 @@ def embedding_table_schema(id_type: pa.DataType, id_col: str, dim: int) -> pa.Sc
     return pa.schema([(id_col, id_type), ("embedding", pa.list_(pa.float32(), dim)), ("model_version", pa.string())])
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
-
-
 def write_embedding_table(
     embeddings: DataFrame,
     location: Location,
@@ -200,7 +196,7 @@ def write_embedding_table(
         dim = int(column.value_lengths()[0].as_py())
         matrix = float_matrix(column, dim, ids, f"{id_col} embeddings")
         if normalise:
-            matrix = _unit_rows(matrix)
+            matrix = unit_rows(matrix)
         out = pa.table([ids, pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim),
                         pa.array([model_version] * len(ids), pa.string())],
                        schema=embedding_table_schema(ids.type, id_col, dim))

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 
 from jobs import scoring, topk
 from jobs.recommend import ScoringSettings, task_kwargs
-from jobs.arrays import float_matrix, list_offsets
+from jobs.arrays import float_matrix, list_offsets, unit_rows
 from jobs.evaluate.layout import ALL, EVALUATION_COLUMNS
 
 #: The columns of a related-items table, in order.
@@ -63,13 +63,6 @@ def _as_related(recs: DataFrame) -> DataFrame:
     """The user-scoring job's DataFrame[user_id, rank, item_id, score, source] -> RELATED_COLUMNS."""
     return recs.select(F.col("user_id").alias("item_id"), "rank", F.col("item_id").alias("related_item_id"),
                        "score")
-
-
-def normalise_rows(matrix: np.ndarray) -> np.ndarray:
-    """[m, d] -> [m, d] float32 rows of unit length (a zero row stays zero: its cosine with anything is 0)."""
-    matrix = np.asarray(matrix, np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
 def from_factors(
@@ -123,7 +116,7 @@ def from_embeddings(spark: SparkSession, item_ids: pa.Array, item_matrix: np.nda
     Returns:
         DataFrame[item_id, rank, related_item_id, score: float (cosine)], as ``from_factors``.
     """
-    unit = normalise_rows(scoring.check_catalogue(item_ids, item_matrix))
+    unit = unit_rows(scoring.check_catalogue(item_ids, item_matrix))
     return from_factors(spark, item_ids, unit, unit, k=k, settings=settings)
 
 
