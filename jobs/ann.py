@@ -22,6 +22,11 @@ the catalogue per user. nightrec uses it as a candidate generator only:
    the retrieved set): every user gets min(K, unseen items) rows, exactly
    like the exact path, and a flat index gives exactly the exact path's lists.
 
+Memory per Python worker: the broadcast item matrix and index bytes, the
+deserialised index (IVF-Flat, HNSW and flat hold the vectors again) and,
+once a user falls back, the exhaustive scorer's transposed copy of the
+matrix with its [fallback_rows, items] buffer: about 4x the float32 matrix.
+
 Recall is measured, not assumed: ``recall_at_k`` compares the lists with
 exact scoring on a seeded sample of users and ``check_recall`` fails when it
 is below a floor.

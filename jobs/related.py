@@ -200,16 +200,15 @@ def co_occurrence(events: DataFrame, *, k: int) -> DataFrame:
     """
     _check_k(k)
     pairs = events.select("user_id", "item_id").distinct()
-    raters = pairs.groupBy("item_id").agg(F.count("*").alias("n"))
+    pairs = pairs.withColumn("n", F.count("*").over(Window.partitionBy("item_id")))  # n_a = |U_a|
     a, b = pairs.alias("a"), pairs.alias("b")
     together = (a.join(b, on=F.col("a.user_id") == F.col("b.user_id"))
                 .where(F.col("a.item_id") != F.col("b.item_id"))
-                .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("related_item_id"))
+                .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("related_item_id"),
+                         F.col("a.n").alias("n_a"), F.col("b.n").alias("n_b"))
                 .agg(F.count("*").alias("c")))
-    na = raters.select("item_id", F.col("n").alias("n_a"))
-    nb = raters.select(F.col("item_id").alias("related_item_id"), F.col("n").alias("n_b"))
-    scored = together.join(na, on="item_id").join(nb, on="related_item_id").select(
-        "item_id", "related_item_id", (F.col("c") / (F.col("n_a") + F.col("n_b") - F.col("c"))).alias("jaccard"))
+    scored = together.select("item_id", "related_item_id",
+                             (F.col("c") / (F.col("n_a") + F.col("n_b") - F.col("c"))).alias("jaccard"))
     order = Window.partitionBy("item_id").orderBy(F.col("jaccard").desc(), F.col("related_item_id").asc())
     return (scored.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
             .select("item_id", F.col("rank").cast("int").alias("rank"), "related_item_id",
