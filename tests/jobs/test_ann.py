@@ -135,3 +135,6 @@ def test_index_round_trips_through_bytes():
         np.testing.assert_array_equal(index.search(items[:5], 3)[1], again.search(items[:5], 3)[1])
     assert ann.candidate_count(10, 5, 1000, ann.AnnSettings(extra_candidates=3)) == 20  # 2 x k beats 10 + 5 + 3
     assert ann.candidate_count(10, 50, 40, ann.AnnSettings()) == 40  # at most the catalogue
+    # default IVF cells: min(4 sqrt(m), min(m, train_sample) / 39)
+    assert ann.AnnSettings().cells(1_000_000) == 2564 and ann.AnnSettings().cells(100) == 2
+    assert ann.AnnSettings(nlist=50).cells(20) == 20
