@@ -64,9 +64,10 @@ class AnnSettings:
     """The approximate index and its retrieval.
 
     Attributes:
-        index: ``flat`` (exact inner-product search: a check, not a speed-up), ``ivf`` (k-means cells,
-            ``nlist`` of them, ``nprobe`` searched per user) or ``hnsw`` (a graph of ``hnsw_m`` links per
-            node, ``ef_construction`` / ``ef_search`` beam widths).
+        index: ``flat`` (exact inner-product search: a check, not a speed-up), ``ivf`` (the default: k-means
+            cells, ``nlist`` of them, ``nprobe`` searched per user; the one measured in bench/scoring.py) or
+            ``hnsw`` (a graph of ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search`` beam widths;
+            slower to build on one thread).
         nlist: IVF cells; None: about 4 sqrt(items), at most (training items) / 39 (k-means wants >= 39
             training points a cell).
         nprobe: IVF cells searched per user.
@@ -82,7 +83,7 @@ class AnnSettings:
         fallback_rows: users per exhaustive re-score of the fallback (a [rows, items] buffer).
     """
 
-    index: str = "hnsw"
+    index: str = "ivf"
     nlist: int | None = None
     nprobe: int = 16
     hnsw_m: int = 32
