@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scoring.py                 # U=50,000 I=20,000 d=64 K=10, local[2]
     .venv/bin/python bench/scoring.py --quick         # a small smoke run
+    .venv/bin/python bench/scoring.py --ann-only      # only (f): ann beside exact at I=20,000 and 1,000,000
 
 (a) nightrec: ``jobs.scoring.top_k_for_users`` from embedding Parquet files to
     written recommendation Parquet (item matrix collected and broadcast, users
@@ -18,6 +19,12 @@
     nightly run scores it (``models.model_scoring.recommend``: each side's parts
     once, then only the pair part per pair), beside calling the plain model
     on every (user, item) row for a slice of the users.
+(f) ann: ``jobs.ann.AnnScorer`` (FAISS IVF candidates, exact re-score, seen
+    items excluded, exhaustive fallback) beside ``jobs.scoring.BlockScorer``
+    (exact), both one thread as inside one Spark task, ns per user and
+    recall@K of ann against exact, on clustered synthetic embeddings at
+    ``--items`` and at ``--ann-large-items`` items; the index build (once a
+    night, on the driver) is timed apart.
 
 Figures are medians of ``--repeats`` timed runs after one warm-up run (Python
 workers started, JIT warm). The machine may be shared: the load average is
@@ -214,6 +221,49 @@ def keras_deepfm_figures(n_users: int, n_items: int, k: int, repeats: int) -> st
             f"(user, item) row, no selection: {slow_ns:.1f} ns/pair ({sliced:,} users); {slow_ns / fast_ns:.1f}x")
 
 
+def clustered_embeddings(rng: np.random.Generator, n: int, dim: int, centres: np.ndarray) -> np.ndarray:
+    """[n, dim] float32 vectors around random ``centres`` (real embeddings cluster; pure noise has no neighbours)."""
+    picked = centres[rng.integers(0, len(centres), n)]
+    return (picked + 0.5 * rng.standard_normal((n, dim), dtype=np.float32)).astype(np.float32)
+
+
+def ann_figures(rng: np.random.Generator, n_users: int, n_items: int, dim: int, k: int, repeats: int,
+                settings) -> str:
+    """(f): ns/user of ann and exact on one thread, recall@k of ann vs exact, the index build time."""
+    from jobs import ann
+
+    centres = rng.standard_normal((256, dim), dtype=np.float32)
+    items = clustered_embeddings(rng, n_items, dim, centres)
+    users = clustered_embeddings(rng, n_users, dim, centres)
+    seen = (rng.integers(0, n_items, size=(n_users, 1)) + np.arange(SEEN_PER_USER) * 7) % n_items
+    start = time.perf_counter()
+    index = ann.build_index(items, settings)
+    build = time.perf_counter() - start
+    exact_scorer = scoring.BlockScorer(items, k, block_rows=scoring.DEFAULT_BLOCK_ROWS)
+    ann_scorer = ann.AnnScorer(index, items, k, settings, block_rows=scoring.DEFAULT_BLOCK_ROWS)
+    blocks = [(users[lo:lo + 128], np.arange(0, SEEN_PER_USER * (min(lo + 128, n_users) - lo) + 1, SEEN_PER_USER),
+               seen[lo:lo + 128].reshape(-1)) for lo in range(0, n_users, 128)]
+
+    def run(scorer):
+        return [scorer.top_k(*block) for block in blocks]
+
+    faiss = ann._faiss()
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        e_sec, _, _ = timed(lambda: run(exact_scorer), repeats)
+        a_sec, _, _ = timed(lambda: run(ann_scorer), repeats)
+        exact_lists, ann_lists = run(exact_scorer), run(ann_scorer)
+    hits = 0
+    for (er, ep, _), (ar, ap, _) in zip(exact_lists, ann_lists):
+        hits += len(set(zip(er.tolist(), ep.tolist())) & set(zip(ar.tolist(), ap.tolist())))
+    recall = hits / (n_users * k)
+    per_call = ann_scorer.fallback_users / (repeats + 2)
+    return (f"I={n_items:,}: exact {e_sec / n_users * 1e9:,.0f} ns/user, ann ({settings.index} nlist="
+            f"{settings.cells(n_items)} nprobe={settings.nprobe}) {a_sec / n_users * 1e9:,.0f} ns/user = "
+            f"{e_sec / a_sec:.1f}x faster, recall@{k} {recall:.4f}, exhaustive fallback for "
+            f"{per_call / n_users:.2%} of users; index build {build:.1f} s ({settings.build_threads} threads)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=50_000)
@@ -225,12 +275,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deepfm-users", type=int, default=2_000)
     parser.add_argument("--deepfm-items", type=int, default=5_000)
     parser.add_argument("--quick", action="store_true", help="U=5,000 I=2,000, one repeat")
+    parser.add_argument("--ann-only", action="store_true", help="only (f), ann beside exact (no Spark)")
+    parser.add_argument("--ann-users", type=int, default=None, help="users timed in (f) (default --users)")
+    parser.add_argument("--ann-large-items", type=int, default=1_000_000)
+    parser.add_argument("--ann-nprobe", type=int, default=32)
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.items, args.repeats, args.deepfm_users, args.deepfm_items = 5_000, 2_000, 1, 200, 1_000
     U, I, d, k = args.users, args.items, args.dim, args.k
     pairs = U * I
     rng = np.random.default_rng(0)
+    from jobs.ann import AnnSettings
+
+    ann_users = args.ann_users or U
+    ann_settings = AnnSettings(index="ivf", nprobe=args.ann_nprobe, build_threads=os.cpu_count() or 1)
+    if args.ann_only:
+        print(f"ann       U={ann_users:,} d={d} K={k}, {SEEN_PER_USER} seen per user, one thread, median of "
+              f"{args.repeats}; load average before {os.getloadavg()[0]:.2f}")
+        for items in (I, args.ann_large_items):
+            print(f"ann       {ann_figures(rng, ann_users, items, d, k, args.repeats, ann_settings)}")
+        print(f"load average after {os.getloadavg()[0]:.2f}")
+        return
     tmp = tempfile.mkdtemp(prefix="nightrec-bench-")
     load_before = os.getloadavg()
     try:
@@ -284,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"select    top-{k} of one [256, {I:,}] block, one thread, ns per score: "
               f"{selection_figures(rng, I, d, k, args.repeats)}")
+
+        for items in (I, args.ann_large_items):
+            print(f"ann       {ann_figures(rng, ann_users, items, d, k, args.repeats, ann_settings)}")
 
         print(f"ratios    ALS / nightrec = {b / a:.1f}x wall, {b_cpu / a_cpu:.1f}x CPU "
               f"(target >= 7x: {'met' if b / a >= 7 else 'MISSED'}); nightrec / floor = {a / c:.1f}x wall, "

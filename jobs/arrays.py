@@ -35,3 +35,10 @@ def list_offsets(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     values = column.flatten().to_numpy(zero_copy_only=False)
     return offsets, values
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """[n, d] -> [n, d] float32 rows of unit length (a zero row stays zero: its cosine with anything is 0)."""
+    matrix = np.asarray(matrix, np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)

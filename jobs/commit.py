@@ -191,6 +191,17 @@ class NightCommit:
 
         return self._stage(table, keys, write, manifest)
 
+    def stage_files(self, table: str, write: Callable[[Location], Mapping[str, Any] | None],
+                    manifest: Mapping[str, Any], **keys: str) -> StagedPartition:
+        """Stage a partition whose files ``write(folder)`` writes itself (e.g. pyarrow writers in Spark tasks:
+        ``jobs.embeddings.write_embedding_table``); the manifest is ``manifest`` and what ``write`` returns."""
+        full = dict(manifest)
+
+        def run(staged: Location) -> None:
+            full.update(write(staged) or {})
+
+        return self._stage(table, keys, run, full)
+
     def abort(self) -> None:
         """Remove everything staged (nothing was committed)."""
         self.staging_root.delete()

@@ -46,7 +46,8 @@ class ScoringSettings:
     group_width: int = scoring.topk.DEFAULT_GROUP_WIDTH
 
 
-def _task_kwargs(spark, settings: ScoringSettings) -> dict[str, int]:
+def task_kwargs(spark, settings: ScoringSettings) -> dict[str, int]:
+    """The keyword arguments of ``jobs.scoring.top_k_for_users`` for ``settings`` on this session."""
     return {
         # after joins, adaptive execution may coalesce a small table into one partition (one core)
         "partitions": 2 * spark.sparkContext.defaultParallelism,
@@ -117,7 +118,7 @@ def popularity(events: DataFrame, users: DataFrame, item_ids: pa.Array, k: int,
         .withColumn("embedding", F.array(F.lit(1.0).cast("float")))
         .withColumn("source", F.lit("popularity"))
     )
-    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, **_task_kwargs(spark, settings))
+    return scoring.top_k_for_users(rows, item_ids, matrix, k=k, **task_kwargs(spark, settings))
 
 
 def from_embeddings(
@@ -150,7 +151,7 @@ def from_embeddings(
     by_model = routed.where(F.col("source") != "popularity").join(user_embeddings, on="user_id", how="inner")
     seen = seen_positions(seen_events, catalogue_frame(spark, item_ids))
     model_recs = scoring.top_k_for_users(by_model.join(seen, on="user_id", how="left"), item_ids, item_matrix,
-                                         k=k, **_task_kwargs(spark, settings))
+                                         k=k, **task_kwargs(spark, settings))
     rest = routed.select("user_id").join(by_model.select("user_id"), on="user_id", how="left_anti")
     return model_recs.unionByName(popularity(seen_events, rest, item_ids, k, settings))
 

@@ -5,6 +5,7 @@ data lives. Layout under the warehouse root (a ``jobs.storage.Location``: a
 local folder or any URI with a file system)::
 
     recommendations/ds=YYYY-MM-DD/model=NAME/part-*.parquet    published tables (TABLES)
+    related_items/ds=…/model=NAME/   user_embeddings/ds=…/model=NAME/   item_embeddings/ds=…/model=NAME/
     user_features/ds=YYYY-MM-DD/…   item_features/…   training_examples/…
     metrics/ds=…/   quarantine/ds=…/   models/ds=…/model=NAME/{model.keras, train.json, …}
     _work/ds=YYYY-MM-DD/run=ID/<dataset>/                       intermediate data of one night's attempts
@@ -48,6 +49,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "metrics": (),
     "quarantine": (),
     "models": ("model",),
+    "related_items": ("model",),     # jobs.related: item_id, rank, related_item_id, score
+    "user_embeddings": ("model",),   # jobs.embeddings.write_embedding_table: user_id, embedding, model_version
+    "item_embeddings": ("model",),   # … item_id, embedding, model_version
 }
 
 PARQUET, JSON, FOLDER = "parquet", "json", "folder"
