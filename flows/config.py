@@ -19,13 +19,17 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from flows.model_config import ModelConfig, Section
 from jobs import evaluate, features, sources, synthetic
 from jobs.schema import FeatureDecl
+from jobs.ann import AnnSettings
 from jobs.recommend import ScoringSettings
 from models.kinds import FACTORISED_KINDS
 from models.settings import LAUNCHERS, LaunchSettings
 
+#: The model name of the related items' co-occurrence baseline.
+CO_OCCURRENCE = "co_occurrence"
 _SYNTHETIC = synthetic.SyntheticSpec()
 _FEATURES = features.FeatureSettings()
 _SCORING = ScoringSettings()
+_ANN = AnnSettings()
 _LAUNCH = LaunchSettings()
 
 
@@ -254,6 +258,20 @@ class GateConfig(Section):
     publish_anyway: bool = False
 
 
+class RelatedItemsConfig(Section):
+    """The ``related_items`` tables: every item's top-``k`` other items, for each factorised model (cosine of
+    its item embeddings; ``item_item``: its item-item weights) and the co-occurrence baseline (Jaccard).
+
+    ``models``: which models (null: every factorised model). Each is evaluated on the holdout by
+    HitRate@``k`` of a user's last training item (metric ``related_hit_rate``).
+    """
+
+    enabled: bool = True
+    k: int = Field(10, ge=1)
+    models: list[str] | None = None
+    co_occurrence: bool = True
+
+
 class PublishConfig(Section):
     """What the published recommendations look like."""
 
@@ -261,15 +279,34 @@ class PublishConfig(Section):
     refit_on_full: bool = True
 
 
-class ScoringConfig(Section):
-    """Exhaustive top-K scoring: block sizes bound the memory of each Spark task."""
+class AnnConfig(Section):
+    """The approximate index of ``scoring.method: ann`` (``jobs.ann.AnnSettings``: what each key does)."""
 
+    index: Literal["flat", "ivf", "hnsw"] = _ANN.index
+    nlist: int | None = Field(_ANN.nlist, ge=1)
+    nprobe: int = Field(_ANN.nprobe, ge=1)
+    hnsw_m: int = Field(_ANN.hnsw_m, ge=1)
+    ef_construction: int = Field(_ANN.ef_construction, ge=1)
+    ef_search: int = Field(_ANN.ef_search, ge=1)
+    extra_candidates: int = Field(_ANN.extra_candidates, ge=0)
+    candidate_multiple: float = Field(_ANN.candidate_multiple, ge=1, strict=False)
+    recall_floor: float = Field(0.95, ge=0, le=1, strict=False)
+    recall_sample_users: int = Field(1000, ge=1)
+
+
+class ScoringConfig(Section):
+    """Top-K scoring: exact (every item) or, for factorised models, ann; block sizes bound each task's memory."""
+
+    method: Literal["exact", "ann"] = "exact"
     block_rows: int = Field(_SCORING.block_rows, ge=1)
     item_block_mb: int = Field(_SCORING.item_block_mb, ge=1)
     group_width: int = Field(_SCORING.group_width, ge=1)
+    ann: AnnConfig = Field(default_factory=AnnConfig)
 
-    def settings(self) -> ScoringSettings:
-        return ScoringSettings(**self.model_dump())
+    def settings(self, seed: int = 0) -> ScoringSettings:
+        index = self.ann.model_dump(exclude={"recall_floor", "recall_sample_users"})
+        return ScoringSettings(method=self.method, block_rows=self.block_rows, item_block_mb=self.item_block_mb,
+                               group_width=self.group_width, ann=AnnSettings(**index, seed=seed))
 
 
 class ScheduleConfig(Section):
@@ -365,6 +402,7 @@ class NightrecConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    related_items: RelatedItemsConfig = Field(default_factory=RelatedItemsConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -396,7 +434,26 @@ class NightrecConfig(Section):
                         f"the retriever must be one of {', '.join(sorted(FACTORISED_KINDS))}"
                     )
             earlier[m.name] = m
+        related = self.related_items
+        if related.enabled and related.co_occurrence and CO_OCCURRENCE in names:
+            raise ValueError(f"models: the name '{CO_OCCURRENCE}' is the related items' co-occurrence baseline "
+                             f"(related_items.co_occurrence); name the model differently")
+        for name in related.models or []:
+            if name not in names:
+                raise ValueError(f"related_items.models: '{name}' is not in models ({', '.join(names)})")
+            kind = self.model(name).kind
+            if kind not in FACTORISED_KINDS:
+                raise ValueError(f"related_items.models: '{name}' is kind {kind}, not factorised; related items "
+                                 f"come from item embeddings ({', '.join(sorted(FACTORISED_KINDS))})")
         return self
+
+    def related_models(self) -> list[str]:
+        """The models whose related items the night computes (none when ``related_items.enabled`` is off)."""
+        if not self.related_items.enabled:
+            return []
+        if self.related_items.models is not None:
+            return list(self.related_items.models)
+        return [m.name for m in self.models if m.kind in FACTORISED_KINDS]
 
     def model(self, name: str) -> ModelConfig:
         """The model entry named ``name``."""

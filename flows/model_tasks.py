@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from flows.config import ModelConfig, NightrecConfig
+from flows.config import CO_OCCURRENCE, ModelConfig, NightrecConfig
 from flows.data_tasks import history_task
 from flows.runtime import log, pause_point, progress, spark_for, tracked
 from flows.summary import Embeddings, Evaluation, FittedWindow, TrainedModel
@@ -132,7 +132,7 @@ def _recommend(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, t
     spark = spark_for(cfg)
     window = fitted.name
     common = dict(users=users, user_features=cat.dataset(f"{window}.user_features").load(spark), state=fitted.state,
-                  seen_events=seen_events, k=k, settings=cfg.scoring.settings())
+                  seen_events=seen_events, k=k, settings=cfg.scoring.settings(cfg.seed))
     own = vectors[model_cfg.name]
     if own is not None:
         item_ids, item_matrix = embeddings.load_embeddings(own.item.location, "item_id")
@@ -219,6 +219,59 @@ def _rating_figures(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedMode
             "rows": n}
 
 
+def related_items(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel, fitted: FittedWindow,
+                  vectors: dict[str, Embeddings | None]) -> DataFrame:
+    """Every catalogue item's top ``related_items.k`` other items by a factorised model (``jobs.related``):
+    ``item_item`` by its item-item weights B = E Q^T, any other by the cosine of its item embeddings.
+
+    Returns:
+        DataFrame[item_id, rank, related_item_id, score].
+    """
+    from jobs import related
+
+    spark = spark_for(cfg)
+    k = cfg.related_items.k
+    item_ids, item_matrix = embeddings.load_embeddings(vectors[trained.name].item.location, "item_id")
+    if trained.kind != "item_item":
+        return related.from_embeddings(spark, item_ids, item_matrix, k=k, settings=cfg.scoring.settings(cfg.seed))
+    from models.registry import load_model
+
+    history_side = load_model(trained.model_file).history_items.embeddings.numpy()
+    features = cat.dataset(f"{fitted.name}.item_features").location.read_parquet(["item_id", "item_idx"])
+    index = dict(zip(features.column("item_id").to_pylist(), features.column("item_idx").to_pylist()))
+    rows = [index[i] for i in item_ids.to_pylist()]
+    return related.from_factors(spark, item_ids, history_side[rows].astype("float32"), item_matrix, k=k,
+                                settings=cfg.scoring.settings(cfg.seed))
+
+
+def _related_rows(related: DataFrame, train: DataFrame, truth: DataFrame, *, model: str, scorer: str,
+                  k: int) -> list[evaluate.MetricRow]:
+    from jobs import related as related_jobs
+
+    frame = related_jobs.hit_rate(related, train, truth.where(F.col("slice") == evaluate.ALL)
+                                  if "slice" in truth.columns else truth, ks=[k]).where(F.col("value").isNotNull())
+    return evaluate.metric_rows(frame, model=model, scorer=scorer)
+
+
+@task(name="related", cache_policy=NO_CACHE)
+@tracked
+def related_task(cfg: NightrecConfig, cat: RunCatalogue, trained: TrainedModel | None, fitted: FittedWindow,
+                 vectors: dict[str, Embeddings | None]) -> Dataset:
+    """The related items to publish: of ``trained`` (the publishing window's model), or with None the
+    co-occurrence baseline of the window's events."""
+    from jobs import related
+
+    spark = spark_for(cfg)
+    if trained is None:
+        out = cat.dataset(f"related/{CO_OCCURRENCE}")
+        events = cat.dataset("train" if fitted.name == "eval" else "raw.interactions").load(spark)
+        out.save(related.co_occurrence(events, k=cfg.related_items.k))
+    else:
+        out = cat.dataset(f"related/{trained.name}")
+        out.save(related_items(cfg, cat, trained, fitted, vectors))
+    return out
+
+
 @task(name="evaluate-baselines", cache_policy=NO_CACHE)
 @tracked
 def baselines_task(cfg: NightrecConfig, cat: RunCatalogue, fitted: FittedWindow) -> Evaluation:
@@ -237,7 +290,7 @@ def baselines_task(cfg: NightrecConfig, cat: RunCatalogue, fitted: FittedWindow)
     item_ids = embeddings.read_ids(cat.dataset("eval.item_features").location, "item_id")
     catalogue = cat.dataset("eval.item_features").load(spark).select("item_id")
     genres = _item_genres(cat, spark)
-    lists = {"popularity": recommend.popularity(train, users, item_ids, k, cfg.scoring.settings())}
+    lists = {"popularity": recommend.popularity(train, users, item_ids, k, cfg.scoring.settings(cfg.seed))}
     if cfg.evaluation.als_baseline:
         from jobs import als
 
@@ -246,12 +299,17 @@ def baselines_task(cfg: NightrecConfig, cat: RunCatalogue, fitted: FittedWindow)
         lists["als"] = recommend.from_embeddings(
             users=users, user_features=cat.dataset("eval.user_features").load(spark), state=fitted.state,
             seen_events=train, user_embeddings=factors.user_embeddings(), item_ids=als_items,
-            item_matrix=als_matrix, k=k, settings=cfg.scoring.settings())
+            item_matrix=als_matrix, k=k, settings=cfg.scoring.settings(cfg.seed))
     rows = []
     for scorer, recs in lists.items():
         recs = recs.cache()
         rows += _list_rows(recs, truth, train, catalogue, genres, model="", scorer=scorer, k=k)
         recs.unpersist()
+    if cfg.related_models() and cfg.related_items.co_occurrence:
+        from jobs import related
+
+        rows += _related_rows(related.co_occurrence(train, k=cfg.related_items.k), train, truth, model="",
+                              scorer=CO_OCCURRENCE, k=cfg.related_items.k)
     truth.unpersist()
     records = tuple(dataclasses.asdict(r) for r in rows)
     result = Evaluation(k=k, model={}, popularity=headline(records, "popularity"), rows=records)
@@ -287,6 +345,9 @@ def evaluate_task(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig
     catalogue = cat.dataset("eval.item_features").load(spark).select("item_id")
     rows = _list_rows(recs, truth, train, catalogue, _item_genres(cat, spark), model=name, scorer="model", k=k)
     recs.unpersist()
+    if name in cfg.related_models():
+        rows += _related_rows(related_items(cfg, cat, trained, fitted, vectors), train, truth, model=name,
+                              scorer="model", k=cfg.related_items.k)
     truth.unpersist()
     records = [dataclasses.asdict(r) for r in rows]
     records += [{**r, "model": name} for r in baselines.rows]
@@ -321,6 +382,34 @@ def score_task(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, t
     out.save(_recommend(cfg, cat, model_cfg, trained, fitted, vectors, events, users, cfg.publish.k))
     counts = {r["source"]: int(r["count"]) for r in out.load(spark).groupBy("source").count().collect()}
     log(f"score[{model_cfg.name}]: {sum(counts.values()):,} rows, by source {counts}")
+    if cfg.scoring.method == "ann" and vectors[model_cfg.name] is not None:
+        _measure_recall(cfg, cat, model_cfg, fitted, vectors[model_cfg.name], out, events, users)
     return out
+
+
+def _measure_recall(cfg: NightrecConfig, cat: RunCatalogue, model_cfg: ModelConfig, fitted: FittedWindow,
+                    own: Embeddings, recs: Dataset, events: DataFrame, users: DataFrame) -> None:
+    """recall@K of the ann lists against exact scoring on a seeded sample of users, saved as
+    ``recall/NAME``; below ``scoring.ann.recall_floor`` the run fails (``jobs.ann.RecallBelowFloor``)."""
+    from jobs import ann
+
+    spark = spark_for(cfg)
+    item_ids, item_matrix = embeddings.load_embeddings(own.item.location, "item_id")
+    _, rows = recommend.embedding_rows(
+        users=users, user_features=cat.dataset(f"{fitted.name}.user_features").load(spark), state=fitted.state,
+        seen_events=events, user_embeddings=embeddings.read_embeddings(spark, own.user.location, "user_id"),
+        item_ids=item_ids)
+    report = recommend.ann_recall(recs.load(spark), rows, item_ids, item_matrix, k=cfg.publish.k,
+                                  sample_users=cfg.scoring.ann.recall_sample_users, seed=cfg.seed,
+                                  settings=cfg.scoring.settings(cfg.seed))
+    cat.dataset(f"recall/{model_cfg.name}").write_json({**report.as_manifest(), "floor": cfg.scoring.ann.recall_floor,
+                                                       "index": cfg.scoring.ann.index})
+    log(f"score[{model_cfg.name}]: ann recall@{report.k} {report.recall} against exact scoring on "
+        f"{report.users:,} sampled users (floor {cfg.scoring.ann.recall_floor})")
+    try:
+        ann.check_recall(report, cfg.scoring.ann.recall_floor)
+    except ann.RecallBelowFloor as exc:
+        raise ann.RecallBelowFloor(f"model '{model_cfg.name}': {exc} (raise scoring.ann.nprobe or ef_search, "
+                                   f"or lower scoring.ann.recall_floor)") from None
 
 

@@ -21,9 +21,9 @@ import uuid
 from prefect import flow
 from pyspark.sql import functions as F
 
-from flows.config import NightrecConfig
+from flows.config import CO_OCCURRENCE, NightrecConfig
 from flows.data_tasks import features_task, holdout_examples_task, ingest_task, split_task
-from flows.model_tasks import baselines_task, embed_task, evaluate_task, score_task, train_task
+from flows.model_tasks import baselines_task, embed_task, evaluate_task, related_task, score_task, train_task
 from flows.publish_tasks import publish_task
 from flows.run_record import RunRecord, stale_work
 from flows.runtime import log, spark_for, with_retries
@@ -148,6 +148,12 @@ def _night(cfg: NightrecConfig, cat: RunCatalogue, run: RunRecord, fingerprint: 
                                         trained["full"][m.name], fitted["full"]) for m in publishing}
     scored = {m.name: step(f"score:{m.name}", None, score_task, cfg, cat, m, trained[window][m.name], fitted[window],
                            vectors[window]) for m in publishing}
+    related_names = [name for name in cfg.related_models() if name in scored]
+    related = {name: step(f"related:{name}", None, related_task, cfg, cat, trained[window][name], fitted[window],
+                          vectors[window]) for name in related_names}
+    if cfg.related_models() and cfg.related_items.co_occurrence:
+        related[CO_OCCURRENCE] = step(f"related:{CO_OCCURRENCE}", None, related_task, cfg, cat, None, fitted[window],
+                                      vectors[window])
     spark = spark_for(cfg)
     raw = cat.dataset("raw.interactions").load(spark)
     newest = raw.agg(F.max("ts")).first()[0]
@@ -159,7 +165,7 @@ def _night(cfg: NightrecConfig, cat: RunCatalogue, run: RunRecord, fingerprint: 
                             "steps_reused": [s for s in run.reused if f":{m.name}" in s]} for m in cfg.models},
     }
     record = with_retries(publish_task, cfg)(cfg, cat, window, scored, trained[window], vectors[window], metrics,
-                                             ingested, split_counts, {**trust, "gate": decisions})
+                                             ingested, split_counts, {**trust, "gate": decisions}, related)
     published = {"/".join([p["table"], *p["keys"].values()]): cat.warehouse / p["path"] for p in record["partitions"]}
     return NightSummary(
         ds=cat.ds, warehouse=cat.warehouse, users=raw.select("user_id").distinct().count(),

@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs import scoring
+from jobs import ann, scoring
+from jobs.ann import AnnSettings
 from jobs.features import FeatureState
 from jobs.schema import FIRST_INDEX
 from jobs.scoring import catalogue_frame, seen_positions
@@ -36,6 +37,8 @@ class ScoringSettings:
     """Block sizes of exhaustive scoring; they bound each Spark task's memory.
 
     Attributes:
+        method: "exact" (every item scored) or "ann" (factorised models: FAISS candidates re-scored exactly,
+            ``jobs.ann``; ``ann`` its index settings).
         block_rows: users per matrix product (a [block_rows, items] float32 score buffer per task).
         item_block_mb: largest item matrix broadcast at once; a bigger catalogue is scored block by block.
         group_width: first-level group width of the exact top-K selection (``jobs.topk``).
@@ -44,6 +47,12 @@ class ScoringSettings:
     block_rows: int = scoring.DEFAULT_BLOCK_ROWS
     item_block_mb: int = scoring.DEFAULT_ITEM_BLOCK_BYTES // 2**20
     group_width: int = scoring.topk.DEFAULT_GROUP_WIDTH
+    method: str = "exact"
+    ann: AnnSettings = AnnSettings()
+
+    def __post_init__(self):
+        if self.method not in ("exact", "ann"):
+            raise ValueError(f"scoring method must be exact or ann, got {self.method!r}; set scoring.method")
 
 
 def task_kwargs(spark, settings: ScoringSettings) -> dict[str, int]:
@@ -147,13 +156,35 @@ def from_embeddings(
         DataFrame[user_id, rank, item_id, score, source].
     """
     spark = users.sparkSession
+    routed, rows = embedding_rows(users=users, user_features=user_features, state=state, seen_events=seen_events,
+                                  user_embeddings=user_embeddings, item_ids=item_ids)
+    if settings.method == "ann":
+        kwargs = task_kwargs(spark, settings)
+        kwargs.pop("item_block_bytes")
+        model_recs = ann.top_k_for_users(rows, item_ids, item_matrix, k=k, settings=settings.ann, **kwargs)
+    else:
+        model_recs = scoring.top_k_for_users(rows, item_ids, item_matrix, k=k, **task_kwargs(spark, settings))
+    rest = routed.select("user_id").join(rows.select("user_id"), on="user_id", how="left_anti")
+    return model_recs.unionByName(popularity(seen_events, rest, item_ids, k, settings))
+
+
+def embedding_rows(*, users: DataFrame, user_features: DataFrame, state: FeatureState, seen_events: DataFrame,
+                   user_embeddings: DataFrame, item_ids: pa.Array) -> tuple[DataFrame, DataFrame]:
+    """(DataFrame[user_id, source] of every user, the rows the model scores: DataFrame[user_id, source,
+    embedding, seen_pos]) of ``from_embeddings``."""
+    spark = users.sparkSession
     routed = assign_sources(users, user_features, state)
     by_model = routed.where(F.col("source") != "popularity").join(user_embeddings, on="user_id", how="inner")
     seen = seen_positions(seen_events, catalogue_frame(spark, item_ids))
-    model_recs = scoring.top_k_for_users(by_model.join(seen, on="user_id", how="left"), item_ids, item_matrix,
-                                         k=k, **task_kwargs(spark, settings))
-    rest = routed.select("user_id").join(by_model.select("user_id"), on="user_id", how="left_anti")
-    return model_recs.unionByName(popularity(seen_events, rest, item_ids, k, settings))
+    return routed, by_model.join(seen, on="user_id", how="left")
+
+
+def ann_recall(recs: DataFrame, rows: DataFrame, item_ids: pa.Array, item_matrix: np.ndarray, *, k: int,
+               sample_users: int, seed: int, settings: ScoringSettings = ScoringSettings()) -> ann.RecallReport:
+    """recall@k of approximate lists (``from_embeddings`` with method ann) against exact scoring of a seeded
+    sample of the model's users (``rows``: ``embedding_rows``)."""
+    return ann.recall_at_k(recs.where(F.col("source") != "popularity"), rows, item_ids, item_matrix, k=k,
+                           sample_users=sample_users, seed=seed, **task_kwargs(rows.sparkSession, settings))
 
 
 def with_scorer(

@@ -76,6 +76,8 @@ DATASETS: dict[str, str] = {
     "{window}.model/{model}": FOLDER,      # model.keras, train.json, feature_state.json
     "{window}.embeddings/{model}/{side}": PARQUET,
     "scored/{model}": PARQUET,     # the recommendations before publishing
+    "related/{model}": PARQUET,    # related items before publishing (a model, or co_occurrence)
+    "recall/{model}": JSON,        # scoring.method ann: the lists' recall@K against exact scoring
 }
 
 _PARTS = {"window": "|".join(WINDOWS), "model": r"[A-Za-z0-9_\-]+", "side": "user|item"}

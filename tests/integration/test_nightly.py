@@ -14,9 +14,11 @@ from tests.fixtures.tiny_night import DS, K, TINY, events_through_ds, run_nightl
 
 @pytest.fixture(scope="module")
 def run(spark, prefect_server, tmp_path_factory):
-    """The default run (with the ALS baseline), with the warehouse given as a file:// URI."""
+    """The default run (with the ALS baseline), with the warehouse given as a file:// URI, scored through a
+    flat (exact) FAISS index by ``scoring.method: ann``."""
     warehouse = tmp_path_factory.mktemp("night") / "warehouse"
-    config = {**TINY, "warehouse": "file://" + str(warehouse), "evaluation": {"k": K}}
+    config = {**TINY, "warehouse": "file://" + str(warehouse), "evaluation": {"k": K},
+              "scoring": {"method": "ann", "ann": {"index": "flat", "recall_sample_users": 40}}}
     return warehouse, config, run_nightly(config)
 
 
@@ -58,6 +60,15 @@ def test_manifest_and_marker(run):
     for table in ("user_features", "item_features", "metrics", "quarantine"):
         assert (warehouse / table / f"ds={DS}" / "_SUCCESS").exists(), table
     assert (warehouse / "models" / f"ds={DS}" / "model=two_tower" / "model.keras").exists()
+    # ann scoring: its recall against exact scoring is measured (a flat index is exact) and published
+    assert manifest["scoring"] == "ann: flat index candidates re-scored exactly"
+    assert manifest["ann"]["ann_recall_at_k"] == 1.0 and manifest["ann"]["ann_recall_users"] == 40
+    metrics = pd.read_parquet(warehouse / "metrics" / f"ds={DS}")
+    recall = metrics[metrics.metric == "ann_recall"]
+    assert list(zip(recall.model, recall.value, recall.users, recall.k)) == [("two_tower", 1.0, 40, K)]
+    # the ALS baseline stands beside popularity
+    assert {"model", "popularity", "als"} <= set(metrics[metrics.metric == "ndcg"].scorer)
+    assert {"all", "users:warm", "items:warm"} <= set(metrics.slice)
 
 
 def test_training_examples_and_feature_state_are_published(run):
@@ -118,6 +129,7 @@ MULTI = {
          "batch_size": 128, "negative_ratio": 2, "retrieve_with": "ratings", "candidates": 12},
         {"name": "als", "kind": "als", "embedding_dim": 6, "max_iter": 4},
     ],
+    "related_items": {"k": 6},
     "publish": {"k": K, "refit_on_full": False},
 }
 
@@ -255,3 +267,45 @@ def test_the_readmes_reading_snippets_run_on_the_published_warehouse(run, capsys
         exec(compile(code, "<README snippet>", "exec"), {"__name__": "__snippet__"})
         out = capsys.readouterr().out
         assert out.strip() and "False" not in out, f"the snippet printed {out!r}:\n{block}"
+
+
+def test_factorised_models_publish_embedding_tables_and_related_items(multi_run):
+    """ratings (mf_mean) and als: user/item embedding tables with their manifests, related items by the cosine
+    of the item embeddings (recomputed in NumPy), the co-occurrence baseline, and their hit rates."""
+    warehouse, summary = multi_run
+    for name, dim in (("ratings", 4), ("als", 6)):
+        for side in ("user", "item"):
+            part = warehouse / f"{side}_embeddings" / f"ds={DS}" / f"model={name}"
+            manifest = json.loads((part / "_manifest.json").read_text())
+            assert (part / "_SUCCESS").exists()
+            assert manifest["dimension"] == dim and manifest["score_function"] == "dot"
+            table = pd.read_parquet(part)
+            assert list(table.columns) == [f"{side}_id", "embedding", "model_version"]
+            assert manifest["row_count"] == len(table) and table[f"{side}_id"].is_monotonic_increasing
+            assert set(table.model_version) == {f"{name}@{DS}"}
+        items = pd.read_parquet(warehouse / "item_embeddings" / f"ds={DS}" / f"model={name}")
+        ids = items.item_id.to_numpy()
+        unit = np.stack(items.embedding).astype(np.float64)
+        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        cosine = unit @ unit.T
+        np.fill_diagonal(cosine, -np.inf)
+        related = pd.read_parquet(warehouse / "related_items" / f"ds={DS}" / f"model={name}")
+        assert (related.groupby("item_id").size() == 6).all() and set(related.item_id) == set(ids)
+        for a, rows in related.groupby("item_id"):
+            row = int(np.searchsorted(ids, a))
+            order = sorted(range(len(ids)), key=lambda j: (-cosine[row, j], ids[j]))
+            assert set(rows.related_item_id) <= set(ids[order[:8]]), (name, a)
+            np.testing.assert_allclose(rows.sort_values("rank").score.to_numpy(),
+                                       np.sort(cosine[row, [int(np.searchsorted(ids, b)) for b in rows.related_item_id]])[::-1],
+                                       rtol=1e-4, atol=1e-5)
+    co = pd.read_parquet(warehouse / "related_items" / f"ds={DS}" / "model=co_occurrence")
+    assert (co.item_id != co.related_item_id).all() and co.groupby("item_id").size().max() <= 6
+    assert ((co.score > 0) & (co.score <= 1)).all()
+    metrics = pd.read_parquet(warehouse / "metrics" / f"ds={DS}")
+    hit = metrics[metrics.metric == "related_hit_rate"]
+    assert {("ratings", "model"), ("als", "model"), ("ratings", "co_occurrence")} <= set(zip(hit.model, hit.scorer))
+    assert (hit.k == 6).all() and hit.value.between(0, 1).all()
+    # the als kind: trained in Spark, scored by the top-K job, published like any model
+    recs = pd.read_parquet(warehouse / "recommendations" / f"ds={DS}" / "model=als")
+    assert (recs.groupby("user_id").size() == K).all()
+    assert json.loads((warehouse / "models" / f"ds={DS}" / "model=als" / "als.json").read_text())["rank"] == 6
