@@ -32,7 +32,7 @@ def train_task(cfg: NightrecConfig, model_cfg: ModelConfig, cat: RunCatalogue, f
     early stopping; the full window trains ``epochs`` (the eval run's best).
     """
     from models.kinds import KINDS
-    from models.train import train_model
+    from models.launch import TrainJob, train
 
     window = fitted.name
     if not KINDS[model_cfg.kind].keras:
@@ -45,17 +45,28 @@ def train_task(cfg: NightrecConfig, model_cfg: ModelConfig, cat: RunCatalogue, f
         logger.info(f"train[{model_cfg.name}/{window}] {line}")
         pause_point("train:epoch")
 
+    job = TrainJob(
+        kind=model_cfg.kind, spec=fitted.state.model_spec(), examples=cat.dataset(f"{window}.examples").location,
+        out_dir=out.location,
+        settings=model_cfg.train_settings(seed=cfg.seed, eval_k=cfg.evaluation.k, epochs=epochs),
+        model_params=model_cfg.model_params(),
+        item_features=cat.dataset(f"{window}.item_features").location,
+        holdout=holdout.location if holdout is not None else None,
+        feature_state_json=fitted.state.to_json(),
+        user_history=user_history.location if user_history is not None else None,
+        # in the run's work folder: a rerun of a failed night resumes the training from its last checkpoint
+        checkpoint_dir=cat.dataset(f"{window}.checkpoints/{model_cfg.name}").location,
+    )
+    launch_settings = cfg.training.settings()
+    barrier = None
+    if launch_settings.launcher == "spark" and not launch_settings.in_process:
+        from jobs.distributed import barrier_runner
+
+        barrier = barrier_runner(spark_for(cfg))
     with TRAINING, progress(f"train[{model_cfg.name}/{window}]"):
-        result = train_model(
-            model_cfg.kind, fitted.state.model_spec(), cat.dataset(f"{window}.examples").location, out.location,
-            settings=model_cfg.train_settings(seed=cfg.seed, eval_k=cfg.evaluation.k, epochs=epochs),
-            model_params=model_cfg.model_params(),
-            item_features=cat.dataset(f"{window}.item_features").location,
-            holdout=holdout.location if holdout is not None else None,
-            feature_state_json=fitted.state.to_json(),
-            user_history=user_history.location if user_history is not None else None,
-            log=epoch_line,
-        )
+        result = train(job, launch_settings, barrier=barrier, log=epoch_line)
+    if result.resumed_from_step:
+        log(f"train[{model_cfg.name}/{window}]: resumed from the checkpoint of step {result.resumed_from_step}")
     out.mark_complete()
     return TrainedModel(name=model_cfg.name, kind=model_cfg.kind, objective=model_cfg.objective, window=window,
                         model=out, best_epoch=result.best_epoch, factorised=result.factorised)

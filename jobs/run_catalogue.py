@@ -74,6 +74,7 @@ DATASETS: dict[str, str] = {
     "{window}.holdout_examples": PARQUET,  # holdout events joined with the window's features (eval)
     "{window}.user_history/{model}": PARQUET,
     "{window}.model/{model}": FOLDER,      # model.keras, train.json, feature_state.json
+    "{window}.checkpoints/{model}": FOLDER,  # the training's checkpoints (a rerun resumes from them)
     "{window}.embeddings/{model}/{side}": PARQUET,
     "scored/{model}": PARQUET,     # the recommendations before publishing
     "related/{model}": PARQUET,    # related items before publishing (a model, or co_occurrence)
