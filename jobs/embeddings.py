@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.scoring import float_matrix, spark_id_type, worker_cached
@@ -73,16 +72,9 @@ def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndar
     return _sorted_matrix(frame.select(id_col, "embedding").toArrow(), id_col, "item embeddings")
 
 
-def _dataset(location: Location) -> pads.Dataset:
-    files = location.files(".parquet")
-    if not files:
-        raise FileNotFoundError(f"{location.display()}: no Parquet files")
-    return pads.dataset([f.path for f in files], format="parquet", filesystem=location.fs)
-
-
 def read_ids(location: Location, id_col: str) -> pa.Array:
     """The ``id_col`` of a Parquet table, sorted ascending (e.g. the catalogue order of an item feature table)."""
-    ids = _dataset(location).to_table(columns=[id_col]).column(0).combine_chunks()
+    ids = location.parquet_dataset().to_table(columns=[id_col]).column(0).combine_chunks()
     return ids.take(pc.sort_indices(ids))
 
 
@@ -91,7 +83,7 @@ def load_embeddings(location: Location, id_col: str) -> tuple[pa.Array, np.ndarr
 
     Read by pyarrow (a Spark job would cost ~1 s of the scoring job's ~3).
     """
-    table = _dataset(location).to_table(columns=[id_col, "embedding"])
+    table = location.parquet_dataset().to_table(columns=[id_col, "embedding"])
     return _sorted_matrix(table, id_col, f"{location.display()}: embeddings")
 
 
@@ -106,7 +98,7 @@ def read_embeddings(spark: SparkSession, location: Location, id_col: str) -> Dat
     a ~3 s scoring job on the 2-core box); a schema this cannot express is
     inferred by Spark.
     """
-    schema = _dataset(location).schema
+    schema = location.parquet_dataset().schema
     ddl = None
     if id_col in schema.names and "embedding" in schema.names:
         id_type = spark_id_type(schema.field(id_col).type)

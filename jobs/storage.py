@@ -22,6 +22,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 #: Hadoop's names for object stores whose pyarrow file system has another scheme.
@@ -233,6 +234,13 @@ class Location:
                     and not any(part.startswith(("_", ".")) for part in rel.split("/"))):
                 found.append(rel)
         return [self / rel for rel in sorted(found)]
+
+    def parquet_dataset(self) -> pads.Dataset:
+        """The Parquet files at this location (``files(".parquet")``) as one pyarrow dataset."""
+        files = self.files(".parquet")
+        if not files:
+            raise FileNotFoundError(f"{self.display()}: no Parquet files")
+        return pads.dataset([f.path for f in files], format="parquet", filesystem=self.fs)
 
     # -- reading and writing ---------------------------------------------------------------
     def open_input(self):
