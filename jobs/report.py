@@ -74,11 +74,13 @@ def select_nights(warehouse: Location, *, ds: dt.date | None = None, start: dt.d
 
 
 def night_partitions(warehouse: Location, ds: str) -> dict[str, Location]:
-    """The committed partitions of night ``ds`` by name (``metrics``, ``recommendations/two_tower``, ...)."""
+    """The committed partitions of night ``ds`` that are in place, by name (``metrics``,
+    ``recommendations/two_tower``, ...); a partition removed since (a table dropped) is left out."""
     record = commit.commit_record(warehouse, ds)
     if record is None:
         raise ReportError(f"ds={ds}: no commit record in {warehouse.display()}")
-    return {"/".join([p["table"], *p["keys"].values()]): warehouse / p["path"] for p in record["partitions"]}
+    found = {"/".join([p["table"], *p["keys"].values()]): warehouse / p["path"] for p in record["partitions"]}
+    return {name: loc for name, loc in found.items() if loc.exists()}
 
 
 def _frame(location: Location, columns: Sequence[str]) -> pd.DataFrame:
@@ -195,11 +197,15 @@ def trend_figure(metrics: pd.DataFrame) -> str:
     names = _ordered_metrics(frame)[:4]
     fig = _figure(10.0, 3.2 * ((len(names) + 1) // 2))
     axes = np.atleast_1d(fig.subplots((len(names) + 1) // 2, 2, squeeze=False)).ravel()
+    nights = sorted(set(frame["ds"]))
+    position = {ds: i for i, ds in enumerate(nights)}
+    step = max(1, len(nights) // 12)  # at most about a dozen date labels
     for ax, name in zip(axes, names):
         rows = frame[frame["metric"] == name]
         for label, line in rows.groupby(_label(rows)):
             line = line.sort_values("ds")
-            ax.plot(pd.to_datetime(line["ds"]), line["value"], marker="o", label=label)
+            ax.plot(line["ds"].map(position), line["value"], marker="o", label=label)
+        ax.set_xticks(range(0, len(nights), step), nights[::step])
         ax.set_title(f"{name}@{int(frame['k'].max())}")
         ax.set_xlabel("night (ds)")
         ax.set_ylabel("value (fraction, 0-1)")
@@ -345,7 +351,7 @@ def _metrics_sections(page: _Page, metrics: pd.DataFrame | None, latest: str) ->
                   "holdout. Users: the holdout users each figure is over.")
         page.image(baseline_figure(night), "holdout metrics by model and scorer")
         table = ranked.pivot_table(index=["model", "scorer", "users"], columns="metric", values="value")
-        page.table(table[_ordered_metrics(ranked)].reset_index())
+        page.table(table[_ordered_metrics(ranked)].rename_axis(columns=None).reset_index())
     other = night[night["k"].isna()]
     if len(other):
         page.text("Metrics without a cut-off (rating and click metrics; users = held-out rows):")

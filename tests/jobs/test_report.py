@@ -42,3 +42,33 @@ def test_equal_exposure_has_gini_zero_and_one_item_everywhere_the_maximum():
     one = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [1, 1, 1]})
     e = exposure(one, catalogue=pd.Series([1, 2, 3]), train_items=pd.Series([1]))
     assert e.gini == pytest.approx(2 / 3) and e.coverage == pytest.approx(1 / 3)
+
+
+def test_quarantine_counts_by_night_and_reason_and_their_figure(tmp_path):
+    import base64
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.report import quarantine_counts, quarantine_figure
+    from jobs.storage import Location
+
+    parts = {}
+    for ds, rows in (("2024-03-31", [("interactions", "null_user_id"), ("interactions", "null_user_id"),
+                                     ("items", "duplicate")]),
+                     ("2024-04-01", [("interactions", "future_ts")])):
+        folder = tmp_path / f"quarantine/ds={ds}"
+        folder.mkdir(parents=True)
+        table, reason = zip(*rows)
+        pq.write_table(pa.table({"table": list(table), "reason": list(reason), "raw": ["x"] * len(rows)}),
+                       folder / "part-0.parquet")
+        parts[ds] = {"quarantine": Location(str(folder))}
+    parts["2024-04-02"] = {}  # a night without the table
+    counts = quarantine_counts(parts)
+    expected = pd.DataFrame({"ds": ["2024-03-31", "2024-03-31", "2024-04-01"],
+                             "reason": ["interactions: null_user_id", "items: duplicate", "interactions: future_ts"],
+                             "rows": [2, 1, 1]})
+    pd.testing.assert_frame_equal(counts.sort_values(["ds", "reason"]).reset_index(drop=True),
+                                  expected.sort_values(["ds", "reason"]).reset_index(drop=True))
+    assert base64.b64decode(quarantine_figure(counts)).startswith(b"\x89PNG\r\n\x1a\n")
+    assert quarantine_counts({"2024-04-02": {}}) is None
