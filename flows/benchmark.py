@@ -164,6 +164,7 @@ def _run(spark, scratch: str, dataset: str, format: str, protocol: str, entries:
         return ranked(offline.recs_from_scores(users, catalogue, u @ v.T, seen, k))
 
     rows = []
+    log(HEADER)
 
     def add(row: dict) -> None:
         rows.append(row)
