@@ -27,9 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 
-from jobs.protocols import FORMATS, PROTOCOLS, DatasetError  # noqa: F401  (the CLI's choices)
-
-BenchmarkError = DatasetError
+from jobs.protocols import FORMATS, PROTOCOLS, DatasetError  # noqa: F401  (the CLI's choices and errors)
 
 #: The printed columns: (key in --json and the header, internal key, width, format).
 COLUMNS = (("p@10", "precision", 8, ".4f"), ("r@10", "recall", 8, ".4f"), ("ndcg@10", "ndcg", 9, ".4f"),
@@ -195,7 +193,7 @@ def _run(spark, scratch: str, dataset: str, format: str, protocol: str, entries:
     val_rows = pv.heldout_examples.parquet_dataset().to_table(columns=["user_id", "item_id", "rating"]).to_pandas()
 
     def als_rmse(model, frame) -> dict:
-        pred = protocols.als_predictions(model, frame)  # the test ratings' mean where ALS has no prediction
+        pred = protocols.als_predictions(spark, model, frame)  # the test ratings' mean where ALS has no prediction
         return offline.rating_errors(np.where(np.isnan(pred), frame["rating"].mean(), pred), frame["rating"])
 
     explicit = {key: value for key, value in protocols.ALS_DEFAULTS.items() if key != "alpha"}

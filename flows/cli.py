@@ -124,7 +124,7 @@ def _report(cfg, args) -> int:
 
 
 def _benchmark(cfg, args) -> int:
-    from flows.benchmark import BenchmarkError, benchmark_rows, format_rows, json_rows
+    from flows.benchmark import DatasetError, benchmark_rows, format_rows, json_rows
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -133,7 +133,7 @@ def _benchmark(cfg, args) -> int:
         rows = benchmark_rows(cfg if args.config else None, dataset=args.dataset, format=args.format,
                               protocol=args.protocol, only={n for n in args.only.split(",") if n},
                               max_epochs=args.max_epochs, als_grid=args.als_grid, log=progress)
-    except BenchmarkError as exc:
+    except DatasetError as exc:
         print(f"nightrec: benchmark: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:

@@ -187,9 +187,8 @@ def als_factors(model, users, catalogue) -> tuple[np.ndarray, np.ndarray]:
     return aligned(model.userFactors, users), aligned(model.itemFactors, catalogue)
 
 
-def als_predictions(model, rows) -> np.ndarray:
+def als_predictions(spark: SparkSession, model, rows) -> np.ndarray:
     """ALS rating predictions of a pandas frame [user_id, item_id] (NaN where ALS knows the user or item not)."""
-    spark = SparkSession.getActiveSession()
     pred = model.transform(spark.createDataFrame(rows[["user_id", "item_id"]].astype("int32"))).toPandas()
     return rows[["user_id", "item_id"]].merge(pred, on=["user_id", "item_id"], how="left")["prediction"].to_numpy()
 
