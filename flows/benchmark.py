@@ -103,8 +103,10 @@ def benchmark_rows(cfg=None, *, dataset: str, format: str, protocol: str, only: 
         raise DatasetError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     if als_grid not in ("tuned", "defaults"):
         raise DatasetError(f"als_grid {als_grid!r}: expected tuned or defaults")
+    from jobs.protocols import check_dataset
     from models import offline
 
+    check_dataset(dataset, format)
     entries = config_entries(cfg) if cfg is not None else offline.IMPLICIT + offline.RATING
     unknown = sorted(set(only) - {e.name for e in entries})
     if unknown:

@@ -51,6 +51,17 @@ class DatasetError(ValueError):
 
 
 # -- data ------------------------------------------------------------------------------------
+def check_dataset(path: str, format: str) -> Location:
+    """The dataset's location, once it is known to exist and ``format`` to be one of ``FORMATS`` (else DatasetError)."""
+    if format not in FORMATS:
+        raise DatasetError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    location = Location(path)
+    if not location.exists():
+        raise DatasetError(f"--dataset {location.display()}: no such file or folder; pass the dataset's folder "
+                           "(or, with --format files, its interactions file)")
+    return location
+
+
 def load_dataset(spark: SparkSession, path: str, format: str) -> tuple[DataFrame, DataFrame | None]:
     """A dataset through the product's loaders and ingest.
 
@@ -65,11 +76,7 @@ def load_dataset(spark: SparkSession, path: str, format: str) -> tuple[DataFrame
     from jobs.sources import SourceSpec, load_source
     from jobs.sources.files import FilesSource
 
-    if format not in FORMATS:
-        raise DatasetError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-    location = Location(path)
-    if not location.exists():
-        raise DatasetError(f"--dataset {location.display()}: no such file or folder")
+    location = check_dataset(path, format)
     if format == "files":
         kind = "csv" if location.name.endswith(".csv") else "parquet"
         spec = SourceSpec(kind="files", files=FilesSource(interactions={"path": path, "format": kind}))
