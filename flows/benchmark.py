@@ -41,7 +41,7 @@ def format_row(row: dict) -> str:
     cells = [f"{row['model']:<28}", f"{row.get('objective', ''):<10}"]
     for _, key, width, spec in COLUMNS:
         cells.append(f"{row[key]:>{width}{spec}}" if row.get(key) is not None else " " * width)
-    return "".join(cells) + f"  {row.get('note', '')}".rstrip()
+    return ("".join(cells) + f"  {row.get('note', '')}").rstrip()
 
 
 def format_rows(rows: Iterable[dict]) -> str:
