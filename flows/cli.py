@@ -77,9 +77,73 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--json", action="store_true", help="print JSON")
     config_options(tables)
 
+    report = sub.add_parser("report", help="write an HTML report of committed nights (metrics, exposure, ...)")
+    report.add_argument("--ds", type=_date, help="only this night (default: every committed night)")
+    report.add_argument("--start", type=_date, help="first night YYYY-MM-DD of a range")
+    report.add_argument("--end", type=_date, help="last night YYYY-MM-DD of a range (inclusive)")
+    report.add_argument("--out", default="nightrec-report.html", help="the HTML file to write")
+    config_options(report)
+
+    benchmark_options(sub)
+
     show = sub.add_parser("config", help="validate a config file and print the effective config")
     show.add_argument("--config", help="YAML config file (defaults when omitted)")
     return parser
+
+
+def benchmark_options(sub) -> None:
+    """The ``benchmark`` subcommand: train and evaluate models offline on a dataset (``flows.benchmark``)."""
+    from flows.benchmark import FORMATS, PROTOCOLS
+
+    bench = sub.add_parser("benchmark", help="train and evaluate models and baselines offline on a dataset")
+    bench.add_argument("--dataset", required=True, help="the dataset's folder (or the interactions file: files)")
+    bench.add_argument("--format", required=True, choices=FORMATS, help="how the dataset is laid out")
+    bench.add_argument("--protocol", default="stratified", choices=PROTOCOLS,
+                       help="the split (docs/evaluation.md); default stratified")
+    bench.add_argument("--config", help="YAML config whose models: are benchmarked (default: the benchmark's set)")
+    bench.add_argument("--only", default="", help="comma-separated model names to train (baselines always run)")
+    bench.add_argument("--max-epochs", type=int, default=30, help="epochs of early stopping at most")
+    bench.add_argument("--als-grid", default="tuned", choices=("tuned", "defaults"),
+                       help="ALS tuned by a grid on the validation split, or Spark's usual settings only (faster)")
+    bench.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    bench.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+
+
+def _report(cfg, args) -> int:
+    from jobs.report import ReportError, select_nights, write_report
+    from jobs.storage import Location
+
+    if args.ds and (args.start or args.end):
+        print("nightrec: report takes --ds or --start/--end, not both", file=sys.stderr)
+        return EXIT_USAGE
+    warehouse = Location(cfg.warehouse)
+    try:
+        nights = select_nights(warehouse, ds=args.ds, start=args.start, end=args.end)
+        out = write_report(warehouse, nights, Location(args.out))
+    except ReportError as exc:
+        print(f"nightrec: report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"report of {len(nights)} night(s) ({nights[0]} to {nights[-1]}): {out.display()}")
+    return EXIT_OK
+
+
+def _benchmark(cfg, args) -> int:
+    from flows.benchmark import DatasetError, benchmark_rows, format_rows, json_rows
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        rows = benchmark_rows(cfg if args.config else None, dataset=args.dataset, format=args.format,
+                              protocol=args.protocol, only={n for n in args.only.split(",") if n},
+                              max_epochs=args.max_epochs, als_grid=args.als_grid, log=progress)
+    except DatasetError as exc:
+        print(f"nightrec: benchmark: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        return _failed("the benchmark", exc, args.debug)
+    print(json.dumps(json_rows(rows), indent=2) if args.json else format_rows(rows), flush=True)
+    return EXIT_OK
 
 
 class _ErrorsOnce(logging.Filter):
@@ -166,12 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nightrec: --max-concurrency must be at least 1, got {args.max_concurrency}", file=sys.stderr)
         return EXIT_USAGE
 
+    if args.command == "benchmark":
+        return _benchmark(cfg, args)
+
     from jobs import commit
     from jobs.storage import Location
 
     commit.recover(Location(cfg.warehouse), lambda line: print(f"nightrec: {line}", file=sys.stderr))
     if args.command == "tables":
         return _tables(cfg, args)
+    if args.command == "report":
+        return _report(cfg, args)
     if args.command == "serve":
         from flows.deployments import serve
 

@@ -99,6 +99,13 @@ def is_committed(warehouse: Location, ds: dt.date | str) -> bool:
     return True
 
 
+def committed_nights(warehouse: Location) -> list[str]:
+    """The ds (YYYY-MM-DD) of every committed night (``is_committed``), oldest first."""
+    days = (name[len("ds="):-len(".json")] for name in (warehouse / COMMITS).names()
+            if name.startswith("ds=") and name.endswith(".json"))
+    return sorted(day for day in days if is_committed(warehouse, day))
+
+
 def pointers(warehouse: Location) -> dict[str, dict]:
     """The ``latest`` pointers: {"night": …, "model=NAME": …} (each: ds, run_id, commit and partitions)."""
     folder = warehouse / LATEST

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
@@ -83,16 +82,9 @@ def collect_embeddings(frame: DataFrame, id_col: str) -> tuple[pa.Array, np.ndar
     return _sorted_matrix(frame.select(id_col, "embedding").toArrow(), id_col, "item embeddings")
 
 
-def _dataset(location: Location) -> pads.Dataset:
-    files = location.files(".parquet")
-    if not files:
-        raise FileNotFoundError(f"{location.display()}: no Parquet files")
-    return pads.dataset([f.path for f in files], format="parquet", filesystem=location.fs)
-
-
 def read_ids(location: Location, id_col: str) -> pa.Array:
     """The ``id_col`` of a Parquet table, sorted ascending (e.g. the catalogue order of an item feature table)."""
-    ids = _dataset(location).to_table(columns=[id_col]).column(0).combine_chunks()
+    ids = location.parquet_dataset().to_table(columns=[id_col]).column(0).combine_chunks()
     return ids.take(pc.sort_indices(ids))
 
 
@@ -101,7 +93,7 @@ def load_embeddings(location: Location, id_col: str) -> tuple[pa.Array, np.ndarr
 
     Read by pyarrow (a Spark job would cost ~1 s of the scoring job's ~3).
     """
-    table = _dataset(location).to_table(columns=[id_col, "embedding"])
+    table = location.parquet_dataset().to_table(columns=[id_col, "embedding"])
     return _sorted_matrix(table, id_col, f"{location.display()}: embeddings")
 
 
@@ -116,7 +108,7 @@ def read_embeddings(spark: SparkSession, location: Location, id_col: str) -> Dat
     a ~3 s scoring job on the 2-core box); a schema this cannot express is
     inferred by Spark.
     """
-    schema = _dataset(location).schema
+    schema = location.parquet_dataset().schema
     ddl = None
     if id_col in schema.names and "embedding" in schema.names:
         id_type = spark_id_type(schema.field(id_col).type)
@@ -221,4 +213,4 @@ def write_embedding_table(
 def read_embedding_table(location: Location) -> tuple[pa.Table, dict[str, Any]]:
     """A published embedding partition -> (its pyarrow table, sorted by files, and its ``_manifest.json``)."""
     manifest = json.loads((location / MANIFEST).read_text())
-    return _dataset(location).to_table(), manifest
+    return location.parquet_dataset().to_table(), manifest

@@ -2,6 +2,7 @@
 
 * ``temporal_split``: train before a cutoff, holdout in the last N days through ds.
 * ``stratified_split``: per user, a seeded random share of the events to train.
+* ``per_user_temporal_split``: per user, the earliest share of the events to train.
 * ``leave_last_out``: per user, the latest event to test.
 
 The random orders are seeded hashes of the event's own values, so the result
@@ -76,14 +77,39 @@ def stratified_split(
     Returns:
         (train, test) with the columns of ``df``.
     """
+    return _first_share(df, ratio, [_seeded_order(df, seed)], user_col, "stratified_split")
+
+
+def _first_share(df: DataFrame, ratio: float, order: list[Column], user_col: str,
+                 what: str) -> tuple[DataFrame, DataFrame]:
+    """Per user, the first ``ceil(ratio * n)`` events in ``order`` (then every column) to train, the rest to test."""
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"stratified_split: ratio is the train share and must be in (0, 1], got {ratio}")
+        raise ValueError(f"{what}: ratio is the train share and must be in (0, 1], got {ratio}")
     columns = df.columns
     by_user = Window.partitionBy(user_col)
-    ordered = by_user.orderBy(_seeded_order(df, seed), *columns)
+    ordered = by_user.orderBy(*order, *columns)
     ranked = df.withColumn("_rank", F.row_number().over(ordered)).withColumn("_n", F.count(F.lit(1)).over(by_user))
     in_train = F.col("_rank") <= F.ceil(F.lit(float(ratio)) * F.col("_n") - F.lit(_EPS))
     return ranked.filter(in_train).select(*columns), ranked.filter(~in_train).select(*columns)
+
+
+def per_user_temporal_split(
+    df: DataFrame, *, ratio: float, seed: int = 0, user_col: str = "user_id", ts_col: str = "ts"
+) -> tuple[DataFrame, DataFrame]:
+    """Per-user split by time: each user keeps their earliest ``ceil(ratio * n)`` of n events in train.
+
+    The test set is each user's latest events (a user with one event has it
+    in train). Events at the same timestamp are ordered by a seeded hash.
+
+    Args:
+        df: events with ``user_col`` and ``ts_col``.
+        ratio: share of each user's events that go to TRAIN, in (0, 1].
+        seed: seed of the tie-break.
+
+    Returns:
+        (train, test) with the columns of ``df``.
+    """
+    return _first_share(df, ratio, [F.col(ts_col), _seeded_order(df, seed)], user_col, "per_user_temporal_split")
 
 
 def leave_last_out(

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 #: Hadoop's names for object stores whose pyarrow file system has another scheme.
@@ -235,15 +236,17 @@ class Location:
                 found.append(rel)
         return [self / rel for rel in sorted(found)]
 
+    def parquet_dataset(self) -> pads.Dataset:
+        """The Parquet files at this location (``files(".parquet")``) as one pyarrow dataset."""
+        files = self.files(".parquet")
+        if not files:
+            raise FileNotFoundError(f"{self.display()}: no Parquet files")
+        return pads.dataset([f.path for f in files], format="parquet", filesystem=self.fs)
+
     # -- reading and writing ---------------------------------------------------------------
     def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
         """The Parquet data files of ``files(".parquet")`` as one pyarrow table (small tables, on the driver)."""
-        import pyarrow.dataset as pads
-
-        found = self.files(".parquet")
-        if not found:
-            raise FileNotFoundError(f"{self.display()}: no Parquet files")
-        return pads.dataset([f.path for f in found], format="parquet", filesystem=self.fs).to_table(columns=columns)
+        return self.parquet_dataset().to_table(columns=columns)
 
     def open_input(self):
         """A random-access pyarrow file (e.g. for ``pyarrow.parquet.ParquetFile``)."""

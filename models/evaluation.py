@@ -80,6 +80,19 @@ def _ids(files: list[Location], column: str) -> np.ndarray:
     return np.asarray(read_column(files, column).to_numpy(zero_copy_only=False))
 
 
+def items_by_user(files: list[Location], users: SideTable, catalogue: SideTable) -> list[np.ndarray]:
+    """Catalogue positions of each user's items in Parquet files of (user_id, item_id) rows, one sorted
+    array per row of ``users`` ([] for a user without any; rows of unknown users or items are dropped)."""
+    user_pos = users.positions(_ids(files, "user_id"))
+    item_pos = catalogue.positions(_ids(files, "item_id"))
+    keep = (user_pos >= 0) & (item_pos >= 0)
+    user_pos, item_pos = user_pos[keep], item_pos[keep]
+    order = np.argsort(user_pos, kind="stable")
+    bounds = np.searchsorted(user_pos[order], np.arange(len(users) + 1))
+    items = item_pos[order]
+    return [np.unique(items[bounds[u]: bounds[u + 1]]) for u in range(len(users))]
+
+
 class RatingHoldout:
     """RMSE / MAE of a model's predictions on held-out rated rows.
 
@@ -221,18 +234,9 @@ class RankingHoldout:
             keep = np.sort(np.random.default_rng(seed).choice(len(users), size=max_users, replace=False))
             users = SideTable(ids=users.ids.take(keep), columns=users.take(keep))
 
-        def by_user(files: list[Location]) -> list[np.ndarray]:
-            user_pos = users.positions(_ids(files, "user_id"))
-            item_pos = catalogue.positions(_ids(files, "item_id"))
-            keep = (user_pos >= 0) & (item_pos >= 0)
-            user_pos, item_pos = user_pos[keep], item_pos[keep]
-            order = np.argsort(user_pos, kind="stable")
-            bounds = np.searchsorted(user_pos[order], np.arange(len(users) + 1))
-            items = item_pos[order]
-            return [np.unique(items[bounds[u]: bounds[u + 1]]) for u in range(len(users))]
-
-        seen = by_user(parquet_files(train))
-        relevant = [np.setdiff1d(r, s) for r, s in zip(by_user(parquet_files(holdout)), seen)]
+        seen = items_by_user(parquet_files(train), users, catalogue)
+        relevant = [np.setdiff1d(r, s)
+                    for r, s in zip(items_by_user(parquet_files(holdout), users, catalogue), seen)]
         return cls(catalogue=catalogue, users=users, seen=seen, relevant=relevant,
                    n_relevant=[len(r) for r in relevant], fixed=np.zeros((0, int(k)), np.int64), k=k)
 
