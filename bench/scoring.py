@@ -52,7 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # (d) imports TensorFlow
 
 from bench.proc_cpu import tree_cpu_seconds  # noqa: E402
-from jobs import scoring  # noqa: E402
+from jobs import embeddings, scoring  # noqa: E402
+from jobs.storage import Location  # noqa: E402
 from jobs.session import build_spark  # noqa: E402
 
 SEEN_PER_USER = 20
@@ -98,8 +99,8 @@ def nightrec_job(spark, users_path: str, items_path: str, out: str, k: int, seen
     """Embeddings on disk -> top-K recommendations on disk."""
     from pyspark.sql import functions as F
 
-    item_ids, item_matrix = scoring.load_embeddings(spark, items_path, "item_id")
-    users = scoring.read_embeddings(spark, users_path, "user_id").withColumn("source", F.lit("model"))
+    item_ids, item_matrix = embeddings.load_embeddings(Location(items_path), "item_id")
+    users = embeddings.read_embeddings(spark, Location(users_path), "user_id").withColumn("source", F.lit("model"))
     partitions = None
     if seen_path:
         catalogue = scoring.catalogue_frame(spark, item_ids)

@@ -277,6 +277,7 @@ class PublishConfig(Section):
 
     k: int = Field(10, ge=1)
     refit_on_full: bool = True
+    report_nights: int = Field(30, ge=0)
 
 
 class AnnConfig(Section):

@@ -95,7 +95,8 @@ def nightly(ds: dt.date | None = None, config: NightrecConfig | None = None, fre
         run.finish("succeeded")
         if not cfg.keep_work_dir:
             cat.remove_work()
-    _artifacts(summary)
+    report = _report(cfg, summary)
+    _artifacts(summary, report)
     live = commit.live_runs(warehouse)
     commit.cleanup_staging(warehouse, live=live, log=log)
     for folder in stale_work(warehouse, keep_days=cfg.retention.failed_work_days, live_runs=live):
@@ -105,9 +106,35 @@ def nightly(ds: dt.date | None = None, config: NightrecConfig | None = None, fre
     return summary
 
 
-def _artifacts(summary: NightSummary) -> None:
-    """The run's Prefect artifacts: the summary table, and a link to each committed table."""
+#: Where each night's HTML report goes, below the warehouse root.
+REPORT_PATH = "_reports/ds={ds}.html"
+
+
+def _report(cfg: NightrecConfig, summary: NightSummary) -> Location | None:
+    """The HTML report (``jobs.report``) of the committed nights of the last ``publish.report_nights`` days
+    through this one, beside the tables; a report that cannot be drawn is logged, never fails the night."""
+    from jobs import report
+
+    if not cfg.publish.report_nights:
+        return None
+    first = summary.ds - dt.timedelta(days=cfg.publish.report_nights - 1)
+    out = summary.warehouse / REPORT_PATH.format(ds=summary.ds.isoformat())
+    try:
+        report.write_report(summary.warehouse, report.select_nights(summary.warehouse, start=first, end=summary.ds),
+                            out)
+    except Exception as exc:  # the tables are committed: a plotting problem must not fail the night
+        log(f"report: not written ({type(exc).__name__}: {exc}); `nightrec report --ds {summary.ds}` retries")
+        return None
+    log(f"report: {out.display()}")
+    return out
+
+
+def _artifacts(summary: NightSummary, report: Location | None = None) -> None:
+    """The run's Prefect artifacts: the summary table, a link to each committed table and to the report."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    if report is not None:
+        create_link_artifact(link=report.uri, link_text=f"report ds={summary.ds.isoformat()}", key="nightrec-report")
 
     create_markdown_artifact(markdown=summary.markdown(), key="nightrec-summary",
                              description=f"nightrec ds={summary.ds.isoformat()}")

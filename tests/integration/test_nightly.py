@@ -257,8 +257,14 @@ def test_the_run_leaves_a_summary_and_links_to_its_tables_as_prefect_artifacts(r
     assert len(mine) == 1
     assert f"# nightrec ds={DS}" in mine[0].data
     assert "| two_tower | popularity |" in mine[0].data
+    # a link artifact's data is the Markdown link "[text](url)"
     links = [a.data for a in asyncio.run(read("nightrec-recommendations-two-tower"))]
-    assert "file://" + str(warehouse / "recommendations" / f"ds={DS}" / "model=two_tower") in links
+    assert f"(file://{warehouse}/recommendations/ds={DS}/model=two_tower)" in "\n".join(links)
+    # the night's report, beside its tables, linked from the run
+    report = warehouse / "_reports" / f"ds={DS}.html"
+    assert f"(file://{report})" in "\n".join(a.data for a in asyncio.run(read("nightrec-report")))
+    html = report.read_text()
+    assert "<img" in html and "data:image/png;base64," in html
 
 
 def test_the_readmes_reading_snippets_run_on_the_published_warehouse(run, capsys):
