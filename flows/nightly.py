@@ -47,6 +47,9 @@ class HeldBack(RuntimeError):
         super().__init__("the quality gate held back " + "; ".join(lines)
                          + " (the previous tables stay; --publish-anyway or gate.publish_anyway publishes)")
 
+    def __reduce__(self):  # pickled with its summary (a Prefect state may carry it)
+        return HeldBack, (self.summary,)
+
 
 def nightrec_version() -> str:
     try:
@@ -166,13 +169,15 @@ def _night(cfg: NightrecConfig, cat: RunCatalogue, run: RunRecord, fingerprint: 
                                fitted["eval"], vectors["eval"], holdout, baselines)
     decisions = _gate(cfg, cat, metrics)
     publishing = [m for m in cfg.models if decisions[m.name]["published"]]
+    # a published two-stage model needs its retriever refit too, even when the gate held the retriever back
+    needed = [m for m in cfg.models if m in publishing or any(p.retrieve_with == m.name for p in publishing)]
     window = "full" if cfg.publish.refit_on_full else "eval"
     if window == "full":
         fitted["full"] = step("features:full", FittedWindow, features_task, cfg, cat, "full", ingested)
         trained["full"] = {m.name: step(f"train:{m.name}:full", TrainedModel, train_task, cfg, m, cat, fitted["full"],
-                                        epochs=trained["eval"][m.name].best_epoch) for m in publishing}
+                                        epochs=trained["eval"][m.name].best_epoch) for m in needed}
         vectors["full"] = {m.name: step(f"embed:{m.name}:full", Embeddings, embed_task, cfg, cat,
-                                        trained["full"][m.name], fitted["full"]) for m in publishing}
+                                        trained["full"][m.name], fitted["full"]) for m in needed}
     scored = {m.name: step(f"score:{m.name}", None, score_task, cfg, cat, m, trained[window][m.name], fitted[window],
                            vectors[window]) for m in publishing}
     related_names = [name for name in cfg.related_models() if name in scored]

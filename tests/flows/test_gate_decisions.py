@@ -45,3 +45,21 @@ def test_the_gate_metric_is_configurable(tmp_path):
     # recall is 0.0 for both: not below popularity's 0.0, so the model publishes on recall
     out = _decide(tmp_path, {"metric": "recall"}, bad=(0.1, 50))
     assert out["bad"]["status"] == "publish" and out["bad"]["figure"] == "Recall@10"
+
+
+def test_held_back_names_the_models_and_pickles_with_its_summary(tmp_path):
+    import pickle
+
+    from flows.nightly import HeldBack
+    from flows.summary import Ingested, NightSummary, Split
+
+    decisions = _decide(tmp_path, good=(0.3, 50), bad=(0.1, 50))
+    summary = NightSummary(ds=dt.date(2024, 3, 31), warehouse=Location(str(tmp_path)), users=1, items=1,
+                           ingested=Ingested(events=1, quarantined={}, quarantined_by_table={}, quarantine_share=0.0,
+                                             source="synthetic", user_features=(), item_features=(),
+                                             rating_range=(1.0, 5.0), now=dt.datetime(2024, 4, 1)),
+                           split=Split(train=1, holdout=0), metrics={}, published={}, seconds=1.0, gate=decisions)
+    assert summary.held_back == ["bad"]
+    exc = pickle.loads(pickle.dumps(HeldBack(summary)))
+    assert exc.summary.held_back == ["bad"]
+    assert str(exc).startswith("the quality gate held back bad nDCG@10 0.1 is 50.0% below popularity's 0.2")
