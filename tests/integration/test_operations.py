@@ -164,7 +164,7 @@ def test_a_kill_during_training_leaves_the_last_night_and_the_rerun_reuses_what_
     assert f"took over the lock of run {holder.run_id}" in err
     record = _committed(warehouse, D2)
     assert record["resumed_from"] == holder.run_id
-    assert record["steps_reused"] == ["ingest", "split", "features:eval", "holdout_examples"]
+    assert record["steps_reused"] == ["ingest", "split", "features:eval", "holdout_examples", "evaluate:baselines"]
     pointer, _ = _read_pointer_night(warehouse)
     assert pointer["ds"] == D2
 
@@ -187,8 +187,8 @@ def test_two_runs_of_one_ds_one_refuses_and_a_kill_while_staging_publishes_nothi
     code, _, err = Night(tmp_path, D2).finish()
     assert code == 0, err[-3000:]
     assert _committed(warehouse, D2)["steps_reused"] == [
-        "ingest", "split", "features:eval", "holdout_examples", "train:two_tower:eval", "embed:two_tower:eval",
-        "evaluate:two_tower", "score:two_tower"]
+        "ingest", "split", "features:eval", "holdout_examples", "evaluate:baselines", "train:two_tower:eval",
+        "embed:two_tower:eval", "evaluate:two_tower", "score:two_tower"]
     staging = warehouse / "_staging"
     assert not staging.exists() or list(staging.iterdir()) == []  # the killed run's staging copy is cleaned
 
